@@ -17,6 +17,182 @@ import torch
 
 # -----------------------------------------------------------------------------
 # tasks
+import tasks
+
+def _tasks_gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+def test_tasks_shapes_dtypes():
+    B, N, d = 3, 7, 6
+    for task in tasks.TASK_NAMES:
+        xs, ys = tasks.sample(task, B, N, d, _tasks_gen())
+        assert xs.shape == (B, N, d) and ys.shape == (B, N, tasks.y_dim(task, d)), task
+        assert xs.dtype == ys.dtype == torch.float32, task
+        assert torch.isfinite(xs).all() and torch.isfinite(ys).all(), task
+    assert tasks.y_dim("mqar", d) == d and tasks.y_dim("linear_regression", d) == 1
+    assert tasks.PREDICT_LAST == {"mqar"}
+    assert set(tasks.TASK_DEFAULTS) == {"sparsity", "mlp_hidden", "mlp_normalize", "tree_depth", "parity_k", "noise_std"}
+
+def test_tasks_unknown_names_raise():
+    for fn in (lambda: tasks.sample("linear_regresion", 2, 3, 4, _tasks_gen()), lambda: tasks.y_dim("linear_regresion", 4)):
+        with pytest.raises(ValueError) as e:
+            fn()
+        assert "linear_regresion" in str(e.value) and "sparse_parity" in str(e.value)
+    with pytest.raises(ValueError, match="skew"):
+        tasks.sample_ood("skew", 2, 3, 4, _tasks_gen())
+    with pytest.raises(ValueError, match="n_dims_active"):
+        tasks.sample("linear_regression", 2, 3, 4, _tasks_gen(), n_dims_active=5)
+    with pytest.raises(ValueError, match="noise_std"):
+        tasks.sample("sparse_parity", 2, 3, 4, _tasks_gen(), noise_std=0.1)
+
+def test_tasks_seeded():
+    # same seed -> bit-identical stream (including a second draw from the same generator), other seed -> different
+    for task in tasks.TASK_NAMES:
+        g1, g2 = _tasks_gen(1), _tasks_gen(1)
+        for _ in range(2):
+            a, b = tasks.sample(task, 2, 5, 6, g1), tasks.sample(task, 2, 5, 6, g2)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), task
+        c = tasks.sample(task, 2, 5, 6, _tasks_gen(2))
+        assert not torch.equal(a[0], c[0]), task
+    for v in tasks.OOD_VARIANTS:
+        a, b, c = (tasks.sample_ood(v, 2, 5, 4, _tasks_gen(s)) for s in (1, 1, 2))
+        assert all(torch.equal(t, u) for t, u in zip(a, b)), v
+        assert not torch.equal(a[0], c[0]), v
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_tasks_same_stream_on_cuda():
+    for task in tasks.TASK_NAMES:
+        xc, yc = tasks.sample(task, 2, 5, 6, _tasks_gen(3))
+        xg, yg = tasks.sample(task, 2, 5, 6, _tasks_gen(3), device="cuda")
+        assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc), task
+
+def test_tasks_inactive_dims_zero():
+    for task in tasks.TASK_NAMES:
+        xs, ys = tasks.sample(task, 4, 9, 8, _tasks_gen(), n_dims_active=3)
+        assert (xs[:, :, 3:] == 0).all() and (xs[:, :, :3] != 0).all(), task
+
+def test_tasks_sparse_linear_support():
+    # recover w per prompt by least squares on the active dims: exactly `sparsity` non-zeros
+    B, d, d_act, k = 16, 10, 6, 3
+    xs, ys = tasks.sample("sparse_linear_regression", B, 2 * d_act, d, _tasks_gen(), n_dims_active=d_act, sparsity=k)
+    w = torch.linalg.lstsq(xs[:, :, :d_act].double(), ys.double()).solution.squeeze(-1)  # (B, d_act)
+    assert ((w.abs() > 1e-6).sum(dim=1) == k).all()
+    supports = {tuple(torch.nonzero(row.abs() > 1e-6).flatten().tolist()) for row in w}
+    assert len(supports) > 1  # a fresh support per prompt, not one for the whole batch
+
+def test_tasks_second_moments():
+    # E[y^2] under the zero predictor, the normaliser of every error curve
+    g, B, N, d, da = _tasks_gen(), 512, 16, 8, 5
+    m = lambda task, **kw: tasks.sample(task, B, N, d, g, n_dims_active=da, **kw)[1].pow(2).mean().item()
+    assert m("linear_regression") == pytest.approx(da, rel=0.15)
+    assert m("sparse_linear_regression") == pytest.approx(3, rel=0.15)
+    assert m("relu2nn_regression", mlp_hidden=20) == pytest.approx(20 * da / 2, rel=0.25)  # unnormalised (paper)
+    assert m("relu2nn_regression", mlp_hidden=20, mlp_normalize=True) == pytest.approx(da, rel=0.25)  # Garg
+    assert m("decision_tree") == pytest.approx(1, rel=0.15)
+    assert m("sparse_parity") == 1.0
+    # training noise adds exactly the noise on top of the same x and w
+    (x0, y0), (x1, y1) = (tasks.sample("linear_regression", B, N, d, _tasks_gen(4), noise_std=s) for s in (0.0, 0.5))
+    assert torch.equal(x0, x1) and (y1 - y0).std().item() == pytest.approx(0.5, rel=0.1)
+
+def test_tasks_parity_is_product_of_two_coords():
+    B, N, d = 16, 64, 6
+    xs, ys = tasks.sample("sparse_parity", B, N, d, _tasks_gen(), parity_k=2)
+    assert set(xs.unique().tolist()) == {-1.0, 1.0} and set(ys.unique().tolist()) == {-1.0, 1.0}
+    found = []
+    for b in range(B):  # exactly one pair explains all 64 labels (a wrong pair matches w.p. 2^-64)
+        pairs = [(i, j) for i in range(d) for j in range(i + 1, d) if torch.equal(xs[b, :, i] * xs[b, :, j], ys[b, :, 0])]
+        assert len(pairs) == 1
+        found.append(pairs[0])
+    assert len(set(found)) > 1  # subset drawn per prompt
+
+def test_tasks_mqar():
+    B, N, d = 8, 9, 5
+    xs, ys = tasks.sample("mqar", B, N, d, _tasks_gen())
+    assert torch.allclose(xs.norm(dim=-1), torch.full((B, N), math.sqrt(d)))
+    assert torch.allclose(ys.norm(dim=-1), torch.full((B, N), math.sqrt(d)))
+    hit = (xs[:, :-1] == xs[:, -1:]).all(dim=-1)  # (B, N-1) which key the query repeats
+    assert (hit.sum(dim=1) == 1).all()
+    q = hit.float().argmax(dim=1)
+    assert torch.equal(ys[torch.arange(B), q], ys[:, -1])
+    assert len(set(q.tolist())) > 1
+
+def test_tasks_decision_tree_matches_reference():
+    # replay the sampler's draws (xs, split coords over ALL d dims, node values) and walk the tree slowly
+    B, N, d, da, depth = 3, 10, 6, 4, 3
+    xs, ys = tasks.sample("decision_tree", B, N, d, _tasks_gen(5), n_dims_active=da, tree_depth=depth)
+    g = _tasks_gen(5)
+    x_ref = torch.randn(B, N, d, generator=g)
+    x_ref[:, :, da:] = 0
+    coords = torch.randint(0, d, (B, 2 ** (depth + 1) - 1), generator=g)
+    values = torch.randn(B, 2 ** (depth + 1) - 1, generator=g)
+    assert torch.equal(xs, x_ref)
+    for b in range(B):
+        for n in range(N):
+            node = 0
+            for _ in range(depth):
+                node = 2 * node + 2 if xs[b, n, coords[b, node]] > 0 else 2 * node + 1
+            assert node >= 2 ** depth - 1 and ys[b, n, 0] == values[b, node]
+
+def test_tasks_curriculum():
+    base = dict(n_dims=20, curriculum=True, curriculum_dims_start=5, curriculum_dims_inc=1, curriculum_interval=2000)
+    short = dict(base, n_points=41, curriculum_points_start=11, curriculum_points_inc=2)
+    long = dict(base, n_points=101, curriculum_points_start=26, curriculum_points_inc=5)
+    expect_short = {0: (5, 11), 1999: (5, 11), 2000: (6, 13), 28000: (19, 39), 30000: (20, 41), 10**6: (20, 41)}
+    expect_long = {0: (5, 26), 1999: (5, 26), 2000: (6, 31), 28000: (19, 96), 30000: (20, 101), 10**6: (20, 101)}
+    for cfg, expect in ((short, expect_short), (long, expect_long)):
+        for step, want in expect.items():
+            assert tasks.curriculum(step, cfg) == want, (step, cfg["n_points"])
+        assert tasks.curriculum(0, dict(cfg, curriculum=False)) == (20, cfg["n_points"])
+
+def test_tasks_ood_shapes_and_targets():
+    B, N, d = 4, 15, 5
+    for v in tasks.OOD_VARIANTS:
+        xs, ys, xq, yq = tasks.sample_ood(v, B, N, d, _tasks_gen())
+        assert xs.shape == xq.shape == (B, N, d) and ys.shape == yq.shape == (B, N, 1), v
+        assert all(t.dtype == torch.float32 for t in (xs, ys, xq, yq)), v
+        if v not in ("quadrants", "orthogonal", "seen_points"):
+            assert torch.equal(xq, xs) and torch.equal(yq, ys), v
+        if v not in ("noisy_y", "half_subspace"):  # noise-free, full rank: the queries use the context's w
+            w = torch.linalg.lstsq(xs.double(), ys.double()).solution
+            assert torch.allclose(xq.double() @ w, yq.double(), atol=1e-3), v
+    xs, ys, _, _ = tasks.sample_ood("noisy_y", B, N, d, _tasks_gen(), noise_std=1.0)
+    w = torch.linalg.lstsq(xs, ys).solution
+    assert (ys - xs @ w).abs().max() > 0.1  # noise really is there
+
+def test_tasks_ood_orthogonal():
+    B, N, d = 4, 9, 6
+    xs, _, xq, _ = tasks.sample_ood("orthogonal", B, N, d, _tasks_gen())
+    assert torch.allclose(xq.norm(dim=-1), xs.norm(dim=-1), rtol=1e-4)
+    for i in range(1, d):
+        cos = (xs[:, :i] @ xq[:, i].unsqueeze(-1)).squeeze(-1) / (xs[:, :i].norm(dim=-1) * xq[:, i].norm(dim=-1, keepdim=True))
+        assert cos.abs().max() < 1e-4, i
+    assert torch.equal(xq[:, 0], xs[:, 0]) and torch.equal(xq[:, d:], xs[:, d:])  # empty complement: raw x
+
+def test_tasks_ood_seen_points_and_quadrants():
+    B, N, d = 32, 12, 4
+    xs, _, xq, _ = tasks.sample_ood("seen_points", B, N, d, _tasks_gen())
+    assert torch.equal(xq[:, 0], xs[:, 0])
+    for i in range(1, N):
+        same = (xs[:, :i] == xq[:, i : i + 1]).all(dim=-1)  # (B, i)
+        assert (same.sum(dim=1) == 1).all(), i
+    # a random earlier point, not a fixed one: 32 prompts at i = 11 hit at least 5 of the 11 indices
+    assert len(set(same.float().argmax(dim=1).tolist())) >= 5
+    xs, _, xq, _ = tasks.sample_ood("quadrants", B, N, d, _tasks_gen())
+    s = torch.sign(xs)
+    assert (s == s[:, :1]).all()  # one orthant per prompt
+    assert torch.equal(xs.abs(), xq.abs())  # the context is the query's Gaussian folded into it
+    assert (torch.sign(xq) != s).any(dim=-1).float().mean() > 0.5  # queries mostly outside that orthant
+
+def test_tasks_ood_skewed_and_half_subspace_spectrum():
+    B, N, d = 64, 64, 8
+    xs = tasks.sample_ood("skewed", B, N, d, _tasks_gen())[0].reshape(-1, d).double()
+    ev = torch.linalg.eigvalsh(xs.T @ xs / xs.shape[0]).flip(0)  # descending
+    lam2 = 1.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 2
+    assert torch.allclose(ev, lam2 * d / lam2.sum(), rtol=0.2)
+    xs = tasks.sample_ood("half_subspace", B, N, d, _tasks_gen())[0].reshape(-1, d).double()
+    ev = torch.linalg.eigvalsh(xs.T @ xs / xs.shape[0]).flip(0)
+    assert torch.allclose(ev[: d // 2], torch.full((d // 2,), 2.0, dtype=torch.float64), rtol=0.2)
+    assert ev[d // 2 :].abs().max() < 1e-4
 
 # -----------------------------------------------------------------------------
 # train / config

@@ -1,0 +1,228 @@
+"""
+In-context learning tasks: vectorised, seeded prompt samplers, Garg's curriculum, and Garg's
+out-of-distribution suite for linear regression.
+
+A prompt is N pairs (x_i, y_i) with a fresh function per prompt. Every sampler returns
+xs (B, N, d) and ys (B, N, y_dim) in float32; the model interleaves them and predicts y_i at x_i.
+References (see docs/paper.md §2 and docs/predecessors.md §1.4, §1.6):
+- Garg et al. 2022, github.com/dtsip/in-context-learning (samplers.py, tasks.py, eval.py)
+- the paper's code, github.com/in-context-learning-2024/in-context (src/function_classes)
+
+All randomness comes from one CPU torch.Generator and everything is sampled on the CPU and then
+moved, so a seed fixes the data stream bit for bit on any device (CUDA RNG streams differ from the
+CPU ones). At batch 64 and <= 140 points the sampling cost is noise next to a 12-layer forward.
+"""
+import math
+import torch
+
+TASK_NAMES = ("linear_regression", "sparse_linear_regression", "relu2nn_regression",
+              "decision_tree", "sparse_parity", "mqar")
+TASK_DEFAULTS = dict(sparsity=3, mlp_hidden=100, mlp_normalize=False, tree_depth=4, parity_k=2, noise_std=0.0)
+PREDICT_LAST = {"mqar"}  # tasks whose loss/eval uses only the final (query) position
+
+def _check_task(task):
+    if task not in TASK_NAMES:
+        raise ValueError(f"unknown task {task!r}, expected one of {TASK_NAMES}")
+
+def y_dim(task, n_dims):
+    _check_task(task)
+    return n_dims if task == "mqar" else 1  # mqar retrieves a whole d-dim value vector
+
+def _subset(batch_size, n, k, generator):
+    # a uniform k-subset of range(n) per row, without replacement: argsort of iid uniforms is a
+    # uniform random permutation (the batched version of Garg's torch.randperm(n)[:k])
+    return torch.rand(batch_size, n, generator=generator).argsort(dim=1)[:, :k]  # (B, k)
+
+# -----------------------------------------------------------------------------
+# samplers
+
+def sample(task, batch_size, n_points, n_dims, generator, *, n_dims_active=None, device="cpu",
+           sparsity=3, mlp_hidden=100, mlp_normalize=False, tree_depth=4, parity_k=2, noise_std=0.0):
+    """
+    Sample a batch of prompts for `task` -> xs (B, N, n_dims), ys (B, N, y_dim(task, n_dims)),
+    float32 on `device`. Coordinates >= n_dims_active (the curriculum's current dims) are zero;
+    the model is always built for the full n_dims. noise_std > 0 adds N(0, noise_std^2) to y
+    (training noise) and only exists for the four Gaussian-x regression tasks.
+    """
+    _check_task(task)
+    B, N, d = batch_size, n_points, n_dims
+    d_act = d if n_dims_active is None else n_dims_active
+    if not 1 <= d_act <= d:
+        raise ValueError(f"n_dims_active={d_act} must be in [1, n_dims={d}]")
+    if noise_std > 0 and task in ("sparse_parity", "mqar"):
+        raise ValueError(f"noise_std={noise_std} is only defined for the regression tasks, not {task!r}")
+    g = generator
+
+    if task == "mqar":
+        # vector MQAR (paper's Retrieval): N-1 key/value pairs plus one query that repeats a key;
+        # the target at the query is that key's value. paper: 64 pairs + 1 query = 65 points
+        if N < 2:
+            raise ValueError(f"mqar needs n_points >= 2 (pairs + 1 query), got {N}")
+        P = N - 1
+        keys = torch.randn(B, P, d, generator=g)  # (B, P, d)
+        vals = torch.randn(B, P, d, generator=g)  # (B, P, d)
+        q = torch.randint(0, P, (B,), generator=g)  # (B,) query index per prompt
+        ar = torch.arange(B)
+        xs = torch.cat([keys, keys[ar, q].unsqueeze(1)], dim=1)  # (B, N, d)
+        ys = torch.cat([vals, vals[ar, q].unsqueeze(1)], dim=1)  # (B, N, d)
+        xs[:, :, d_act:] = 0  # (no curriculum in the paper; kept so the contract holds for every task)
+        # every vector onto the sphere of radius sqrt(d): a normalised Gaussian is uniform on it
+        xs = xs * (math.sqrt(d) / xs.norm(dim=-1, keepdim=True))
+        ys = ys * (math.sqrt(d) / ys.norm(dim=-1, keepdim=True))
+        return xs.to(device), ys.to(device)
+
+    if task == "sparse_parity":
+        xs = torch.randint(0, 2, (B, N, d), generator=g).float() * 2 - 1  # (B, N, d) uniform on {-1,+1}^d
+        xs[:, :, d_act:] = 0
+        if parity_k > d_act:
+            raise ValueError(f"parity_k={parity_k} > n_dims_active={d_act}")
+        # a fresh subset per prompt (not one shared across the batch), drawn among the active dims
+        # so the product is never multiplied by a zeroed coordinate
+        idx = _subset(B, d_act, parity_k, g)  # (B, k)
+        ys = xs.gather(2, idx.unsqueeze(1).expand(B, N, parity_k)).prod(dim=-1, keepdim=True)  # (B, N, 1)
+        return xs.to(device), ys.to(device)
+
+    # the four Garg regression tasks: x ~ N(0, I_d), inactive coordinates zeroed before f is applied
+    xs = torch.randn(B, N, d, generator=g)  # (B, N, d)
+    xs[:, :, d_act:] = 0
+    if task == "linear_regression":
+        # w ~ N(0, I) with no 1/sqrt(d) scaling (as Garg), so E[y^2] = d_act
+        w = torch.randn(B, d, 1, generator=g)  # (B, d, 1)
+        ys = xs @ w  # (B, N, 1)
+    elif task == "sparse_linear_regression":
+        # keep `sparsity` coordinates chosen among the active dims only (Garg's valid_coords), so
+        # E[y^2] = sparsity at every curriculum stage. if fewer dims are active than `sparsity`,
+        # all of them are kept, like Garg's randperm(valid)[:k]
+        w = torch.randn(B, d, generator=g)  # (B, d)
+        idx = _subset(B, d_act, min(sparsity, d_act), g)  # (B, k)
+        mask = torch.zeros(B, d).scatter_(1, idx, 1.0)  # (B, d) exactly k ones
+        ys = xs @ (w * mask).unsqueeze(-1)  # (B, N, 1)
+    elif task == "relu2nn_regression":
+        # y = relu(x W1^T) W2 with N(0,1) entries. the paper leaves this unnormalised, so
+        # E[y^2] = mlp_hidden * d_act / 2 (1000 at d=20); Garg scales by sqrt(2/hidden) so E[y^2] = d_act
+        W1 = torch.randn(B, mlp_hidden, d, generator=g)  # (B, H, d)
+        W2 = torch.randn(B, mlp_hidden, 1, generator=g)  # (B, H, 1)
+        ys = torch.relu(xs @ W1.transpose(1, 2)) @ W2  # (B, N, H) @ (B, H, 1) -> (B, N, 1)
+        if mlp_normalize:
+            ys = ys * math.sqrt(2 / mlp_hidden)
+    elif task == "decision_tree":
+        # full binary tree stored as a heap: node n has children 2n+1 (x <= 0) and 2n+2 (x > 0).
+        # split coords are uniform over ALL d dims even mid-curriculum (Garg, paper): a zeroed dim
+        # always sends x left. only the leaf values (the last 2^depth nodes) are ever read
+        n_nodes = 2 ** (tree_depth + 1) - 1
+        coords = torch.randint(0, d, (B, n_nodes), generator=g)  # (B, n_nodes)
+        values = torch.randn(B, n_nodes, generator=g)  # (B, n_nodes)
+        node = torch.zeros(B, N, dtype=torch.long)  # (B, N) every point starts at the root
+        for _ in range(tree_depth):
+            c = coords.gather(1, node)  # (B, N) the coordinate this node splits on
+            xc = xs.gather(2, c.unsqueeze(-1)).squeeze(-1)  # (B, N)
+            node = 2 * node + 1 + (xc > 0).long()
+        ys = values.gather(1, node).unsqueeze(-1)  # (B, N, 1)
+    if noise_std > 0:
+        ys = ys + noise_std * torch.randn(ys.shape, generator=g)
+    return xs.to(device), ys.to(device)
+
+# -----------------------------------------------------------------------------
+# curriculum
+
+def curriculum(step, cfg):
+    """
+    Garg's curriculum as a pure function of the step: (n_dims_active, n_points) at `step`.
+    value = min(start + inc * (step // interval), end), so with the paper's settings dims go 5 -> 20
+    by 1 and points 11 -> 41 by 2 (or 26 -> 101 by 5) every 2000 steps, reaching the end at 30k.
+    No state, so resuming from a checkpoint only needs the step.
+    """
+    if not cfg["curriculum"]:
+        return cfg["n_dims"], cfg["n_points"]
+    k = step // cfg["curriculum_interval"]
+    dims = min(cfg["curriculum_dims_start"] + cfg["curriculum_dims_inc"] * k, cfg["n_dims"])
+    points = min(cfg["curriculum_points_start"] + cfg["curriculum_points_inc"] * k, cfg["n_points"])
+    return int(dims), int(points)
+
+# -----------------------------------------------------------------------------
+# out-of-distribution suite (Garg §1.6, linear regression only)
+
+OOD_VARIANTS = ("standard", "noisy_y", "scaled_x", "scaled_y", "skewed", "half_subspace",
+                "quadrants", "orthogonal", "seen_points")
+
+def _random_orthogonal(d, generator):
+    # Haar-uniform orthogonal matrix: QR of a Gaussian, with the signs of R's diagonal folded into Q
+    # (plain QR is biased towards particular column signs)
+    Q, R = torch.linalg.qr(torch.randn(d, d, generator=generator, dtype=torch.float64))
+    return Q * torch.sign(torch.diagonal(R)).unsqueeze(0)  # (d, d)
+
+def _transform(lam, generator):
+    # T = U diag(lam) U^T, lam normalised so sum(lam^2) = d: x = z @ T then has covariance
+    # U diag(lam^2) U^T and E||x||^2 = d, same as the training distribution (Garg's sample_transformation)
+    d = lam.shape[0]
+    lam = lam.double() * math.sqrt(d / (lam.double() ** 2).sum())
+    U = _random_orthogonal(d, generator)
+    return (U * lam.unsqueeze(0) @ U.T).float()  # (d, d)
+
+def sample_ood(variant, batch_size, n_points, n_dims, generator, *, device="cpu", scale=2.0, noise_std=1.0):
+    """
+    Garg's OOD tests for a linear regression model (w ~ N(0, I), no noise unless noisy_y).
+    -> xs (B, N, d), ys (B, N, 1), xq (B, N, d), yq (B, N, 1). prediction i sees the context pairs
+    0..i-1 and the query xq[:, i], and is scored against yq[:, i]. for the distribution-shift
+    variants (everything except quadrants, orthogonal, seen_points) xq is xs and yq is ys, so one
+    causal forward pass scores every position; the query variants need a pass per position i on
+    (xs[:, :i], ys[:, :i], xq[:, i]).
+    """
+    if variant not in OOD_VARIANTS:
+        raise ValueError(f"unknown OOD variant {variant!r}, expected one of {OOD_VARIANTS}")
+    B, N, d = batch_size, n_points, n_dims
+    g = generator
+    w = torch.randn(B, d, 1, generator=g)  # (B, d, 1)
+    xs = torch.randn(B, N, d, generator=g)  # (B, N, d)
+    xq = None  # set by the query variants
+
+    if variant == "scaled_x":
+        xs = xs * scale  # the zero predictor's error grows to scale^2 * d
+    elif variant == "scaled_y":
+        w = w * scale
+    elif variant == "skewed":
+        # covariance eigenvalues ∝ 1/i^2. one U per call (Garg draws one per eval run)
+        xs = xs @ _transform(1.0 / torch.arange(1, d + 1), g)
+    elif variant == "half_subspace":
+        # a random d/2-dim subspace; the normalisation makes the kept eigenvalues 2 so E||x||^2 = d
+        lam = torch.zeros(d)
+        lam[: d // 2] = 1.0
+        xs = xs @ _transform(lam, g)
+    elif variant == "quadrants":
+        # context x's all in one random orthant per prompt; the query is the plain Gaussian x,
+        # so it usually lies in some other orthant
+        s = torch.randint(0, 2, (B, 1, d), generator=g).float() * 2 - 1  # (B, 1, d)
+        xq = xs
+        xs = xs.abs() * s
+    elif variant == "orthogonal":
+        # query i = the part of x_i orthogonal to span(x_0..x_{i-1}), rescaled to ||x_i||. one QR does
+        # all i at once: for the (full rank) matrix [x_0 .. x_{m-1}] = QR, span(x_0..x_{i-1}) =
+        # span(q_0..q_{i-1}), so subtract x_i's components along the q_j with j < i.
+        # for i >= d the complement is empty (the context already spans R^d), so those queries stay
+        # the raw x_i; Garg cuts the eval (and the plot) at d points instead
+        m = min(N, d)
+        x = xs[:, :m].double()  # (B, m, d) float64: residuals of late i are tiny and cancel badly in fp32
+        Q, _ = torch.linalg.qr(x.transpose(1, 2))  # (B, d, m) orthonormal columns
+        C = x @ Q  # (B, m, m) C[b, i, j] = x_i . q_j
+        C = C * torch.ones(m, m, dtype=C.dtype).tril(-1)  # keep only j < i
+        r = x - C @ Q.transpose(1, 2)  # (B, m, d) residual of each x_i
+        r = r * (x.norm(dim=-1, keepdim=True) / r.norm(dim=-1, keepdim=True))
+        xq = xs.clone()
+        xq[:, :m] = r.float()
+    elif variant == "seen_points":
+        # query i is a copy of a uniformly random earlier x_j, j < i (query 0 has no past: x_0 itself)
+        i = torch.arange(N)
+        j = (torch.rand(B, N, generator=g) * i).long()  # (B, N) floor(u * i) is uniform on 0..i-1
+        j = torch.minimum(j, (i - 1).clamp(min=0))  # u * i can round up to i in fp32
+        xq = xs.gather(1, j.unsqueeze(-1).expand(B, N, d))  # (B, N, d)
+
+    ys = xs @ w  # (B, N, 1)
+    if variant == "noisy_y":
+        # Garg's noisyLR then renormalises y by sqrt(d)/std(batch); we don't, so targets keep the
+        # training scale plus noise and the zero predictor's error is d + noise_std^2
+        ys = ys + noise_std * torch.randn(ys.shape, generator=g)
+    if xq is None:
+        xq, yq = xs, ys
+    else:
+        yq = xq @ w  # (B, N, 1)
+    return xs.to(device), ys.to(device), xq.to(device), yq.to(device)
