@@ -1,0 +1,12 @@
+# (1.1) GPT-2 RMS: GPT-2 with RMSNorm instead of LayerNorm (9.54M). 12 blocks, E = 256, 8 heads.
+arch = 'gpt2_rms'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'rmsnorm'
+pos = 'learned'
+attn = 'gpt2'
+ffn = 'gelu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4

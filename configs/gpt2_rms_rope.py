@@ -1,0 +1,12 @@
+# (1.5) GPT-2 RMS RoPE: Llama attention with RoPE, GELU MLP, RMSNorm (9.46M). 12 blocks, E = 256, 8 heads.
+arch = 'gpt2_rms_rope'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'rmsnorm'
+pos = 'rope'
+attn = 'llama'
+ffn = 'gelu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4

@@ -1,0 +1,12 @@
+# (1.4) GPT-2 RMS SwiGLU (12.67M). 12 blocks, E = 256, 8 heads.
+arch = 'gpt2_rms_swiglu'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'rmsnorm'
+pos = 'learned'
+attn = 'gpt2'
+ffn = 'swiglu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4

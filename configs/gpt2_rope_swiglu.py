@@ -1,0 +1,12 @@
+# (1.6) GPT-2 RoPE SwiGLU: Llama attention with RoPE, SwiGLU, LayerNorm (12.60M). 12 blocks, E = 256, 8 heads.
+arch = 'gpt2_rope_swiglu'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'layernorm'
+pos = 'rope'
+attn = 'llama'
+ffn = 'swiglu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4

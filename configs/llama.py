@@ -1,0 +1,12 @@
+# (2) Llama: RoPE, SwiGLU (hidden 4E), RMSNorm, bias-free attention (12.59M). 12 blocks, E = 256, 8 heads.
+arch = 'llama'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'rmsnorm'
+pos = 'rope'
+attn = 'llama'
+ffn = 'swiglu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4

@@ -1,0 +1,12 @@
+# (2.2) Llama SwiGLU-less: a Mamba block in each FFN slot, RoPE kept (13.66M). 12 blocks, E = 256, 8 heads.
+arch = 'llama_mamba_ffn'
+n_layer = 12
+n_embd = 256
+n_head = 8
+norm = 'rmsnorm'
+pos = 'rope'
+attn = 'llama'
+ffn = 'mamba'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4
