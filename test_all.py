@@ -12,8 +12,160 @@ import torch
 # -----------------------------------------------------------------------------
 # scan reference
 
+import ssm_scan
+from ssm_scan import selective_scan_torch, selective_scan_naive
+
+
+def _scan_inputs(b=2, d=3, l=7, n=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)
+    return dict(u=r(b, d, l), delta=0.5 * r(b, d, l), A=-torch.rand(d, n, generator=g, dtype=dtype) - 0.2,
+                B=r(b, n, l), C=r(b, n, l), D=r(d), z=r(b, d, l), delta_bias=0.3 * r(d))
+
+
+def test_scan_reference_matches_per_element_loop():
+    # the most literal reading of the recurrence: python loops over every b, d, n, t in fp64
+    x = _scan_inputs()
+    out = selective_scan_torch(**x, delta_softplus=True)
+    u, A, B, C = x["u"], x["A"], x["B"], x["C"]
+    dt = torch.nn.functional.softplus(x["delta"] + x["delta_bias"][:, None])
+    ref = torch.zeros_like(u)
+    for b in range(u.shape[0]):
+        for d in range(u.shape[1]):
+            h = [0.0] * A.shape[1]
+            for t in range(u.shape[2]):
+                y = 0.0
+                for n in range(A.shape[1]):
+                    h[n] = math.exp(dt[b, d, t] * A[d, n]) * h[n] + dt[b, d, t] * B[b, n, t] * u[b, d, t]
+                    y += C[b, n, t] * h[n]
+                y += x["D"][d] * u[b, d, t]
+                z = x["z"][b, d, t]
+                ref[b, d, t] = y * z / (1 + math.exp(-z))
+    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_scan_reference_gradcheck(monkeypatch, chunk):
+    if chunk:  # force several chunks so the state and adjoint carries across chunk borders are exercised
+        monkeypatch.setattr(ssm_scan, "_chunk_len", lambda b, d, n, l: chunk)
+    x = {k: v.requires_grad_() for k, v in _scan_inputs(l=8).items()}
+    f = lambda *a: selective_scan_torch(*a, delta_softplus=True)
+    assert torch.autograd.gradcheck(f, tuple(x.values()))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(D=None), dict(z=None), dict(delta_bias=None), dict(delta_softplus=False)])
+def test_scan_reference_matches_naive_fp32(opts):
+    x = {k: v.float().requires_grad_() for k, v in _scan_inputs(b=2, d=5, l=37, n=8).items()}
+    kw = {**x, "delta_softplus": True, **opts}
+    outs = [f(**kw) for f in (selective_scan_torch, selective_scan_naive)]
+    g = torch.randn_like(outs[0])
+    wrt = [v for k, v in x.items() if kw.get(k) is not None]
+    grads = [torch.autograd.grad(o, wrt, g) for o in outs]
+    assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_scan_bf16_and_strided_inputs():
+    x = _scan_inputs(b=2, d=4, l=9, n=4, dtype=torch.float32)
+    ref = selective_scan_torch(**x, delta_softplus=True)
+    # (b, l, d) storage passed as transposed (b, d, l) views, as the Mamba block does
+    strided = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in x.items()}
+    assert torch.allclose(selective_scan_torch(**strided, delta_softplus=True), ref, rtol=1e-6, atol=1e-6)
+    half = {k: (v.bfloat16() if k in ("u", "delta", "z", "B", "C") else v) for k, v in x.items()}
+    out = selective_scan_torch(**half, delta_softplus=True)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_scan_backend_choice():
+    assert ssm_scan.resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match="backend"):
+        ssm_scan.resolve_backend("cuda-magic", torch.device("cpu"))
+
 # -----------------------------------------------------------------------------
 # model
+
+import train
+from model import ModelConfig, ICLModel, MambaMixer, MambaBlock
+
+PAPER_PARAMS = dict(gpt2=9.55e6, gpt2_rms=9.54e6, gpt2_rope=9.47e6, gpt2_swiglu=12.68e6, gpt2_rms_swiglu=12.67e6,
+                    gpt2_rms_rope=9.46e6, gpt2_rope_swiglu=12.60e6, llama=12.59e6, llama_mamba_pos=13.47e6,
+                    llama_mamba_ffn=13.66e6, llama_mamba=14.53e6, mamba=10.51e6)  # docs/paper.md §3.5, backbone only
+PRESETS = sorted(PAPER_PARAMS) + ["mambaformer"]
+
+
+def _preset(name, *overrides):
+    cfg, _ = train.load_config([f"configs/{name}.py", "configs/linear_regression.py", *overrides])
+    return train.validate(cfg)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
+def test_model_param_counts_match_paper(name):
+    counts = ICLModel(_preset(name)).param_counts()
+    assert abs(counts["backbone"] - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.02
+    assert counts["read_in_out"] == 20 * 256 + 256 + 256 + 1  # d = 20 -> E, E -> 1
+    assert counts["total"] == sum(p.numel() for p in ICLModel(_preset(name)).parameters())
+
+
+@pytest.mark.parametrize("quirks", [False, True])
+@pytest.mark.parametrize("name", PRESETS)
+def test_model_is_causal(name, quirks):
+    torch.manual_seed(0)
+    m = ICLModel(_preset(name, "--n_layer=2", "--n_embd=32", "--n_head=4", f"--reference_quirks={quirks}")).double()
+    xs, ys = torch.randn(2, 9, 20, dtype=torch.float64), torch.randn(2, 9, 1, dtype=torch.float64)
+    p = m(xs, ys)
+    xs2, ys2 = xs.clone(), ys.clone()
+    xs2[:, 5:] += 1.0  # perturb x_5.. and y_4..: predictions 0..4 see neither
+    ys2[:, 4:] -= 1.0
+    p2 = m(xs2, ys2)
+    assert torch.equal(p[:, :5], p2[:, :5])  # exactly, not approximately
+    assert not torch.allclose(p[:, 5:], p2[:, 5:])  # and the future does matter
+
+
+def test_model_init_invariants():
+    m = ICLModel(_preset("llama_mamba"))
+    mixers = [mod for mod in m.modules() if isinstance(mod, MambaMixer)]
+    assert len(mixers) == 13  # the positional embedder + one per block
+    for mix in mixers:
+        dt = torch.nn.functional.softplus(mix.dt_proj.bias)
+        assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001  # survives the whole-model init
+        assert torch.equal(mix.A_log[0], torch.log(torch.arange(1, 17.0))) and torch.equal(mix.D, torch.ones_like(mix.D))
+    gpt = ICLModel(_preset("gpt2"))
+    proj, fc = gpt.h[0].mixer.c_proj.weight, gpt.h[0].ffn.c_fc.weight
+    assert abs(proj.std().item() - 0.02 / math.sqrt(24)) < 1e-3 and abs(fc.std().item() - 0.02) < 1e-3
+    quirky = ICLModel(_preset("gpt2_rms", "--reference_quirks=True"))
+    assert abs(quirky.wpe.weight.std().item() - 1.0) < 0.05  # the reference hybrids' N(0, 1) position table
+
+
+def test_model_reference_residual_doubling():
+    cfg = _preset("llama_mamba", "--n_layer=1", "--n_embd=16", "--n_head=2", "--reference_quirks=True")
+    blk = ICLModel(cfg).embed
+    x = torch.randn(2, 6, 16)
+    assert isinstance(blk, MambaBlock)
+    assert torch.allclose(blk(x), 2 * x + blk.mixer(blk.norm(x)))
+    clean = ICLModel(_preset("llama_mamba", "--n_layer=1", "--n_embd=16", "--n_head=2")).embed
+    assert torch.allclose(clean(x), x + clean.mixer(clean.norm(x)))
+
+
+def test_model_optimizer_groups_partition_and_skip_ssm_dynamics():
+    m = ICLModel(_preset("llama_mamba", "--n_layer=1"))
+    decay, no_decay = m.optim_groups(0.1)
+    ids = lambda g: {id(p) for p in g["params"]}
+    assert ids(decay).isdisjoint(ids(no_decay)) and len(ids(decay) | ids(no_decay)) == len(list(m.parameters()))
+    mix = m.embed.mixer
+    assert id(mix.A_log) in ids(no_decay) and id(mix.D) in ids(no_decay) and id(mix.in_proj.weight) in ids(decay)
+
+
+def test_model_rejects_bad_shapes_and_names():
+    m = ICLModel(_preset("gpt2", "--n_layer=1", "--n_embd=16", "--n_head=2"))
+    with pytest.raises(ValueError, match="dimension 20"):
+        m(torch.randn(2, 5, 10), torch.randn(2, 5, 1))
+    with pytest.raises(ValueError, match="n_positions"):
+        m(torch.randn(1, 142, 20), torch.randn(1, 142, 1))
+    with pytest.raises(ValueError, match="layer_pattern"):
+        ModelConfig(layer_pattern="AX")
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(n_embd=30, n_head=4)
 
 # -----------------------------------------------------------------------------
 # tasks
