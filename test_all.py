@@ -101,10 +101,11 @@ def _preset(name, *overrides):
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS))
 def test_model_param_counts_match_paper(name):
-    counts = ICLModel(_preset(name)).param_counts()
+    m = ICLModel(_preset(name))
+    counts = m.param_counts()
     assert abs(counts["backbone"] - PAPER_PARAMS[name]) / PAPER_PARAMS[name] < 0.02
     assert counts["read_in_out"] == 20 * 256 + 256 + 256 + 1  # d = 20 -> E, E -> 1
-    assert counts["total"] == sum(p.numel() for p in ICLModel(_preset(name)).parameters())
+    assert counts["total"] == sum(p.numel() for p in m.parameters())
 
 
 @pytest.mark.parametrize("quirks", [False, True])
