@@ -3,6 +3,7 @@ Model benchmark: prints numbers and ratios, asserts nothing.
     python bench.py                 # paper size (E = 256, 12 blocks, batch 64); minutes on a CPU
     python bench.py --quick         # fewer repeats, one layer for the naive scan
     python bench.py --device=cuda
+    python bench.py --sections=2    # only the steps/s table; --points=41,101 picks the scan rows
 
 1. forward+backward of a 12-block Mamba (E = 256, expand 4) at batch 64 and 82 / 202 / 282 tokens
    (41 / 101 / 141 points), with our torch scan (and triton on CUDA) next to the straightforward
@@ -24,6 +25,8 @@ from model import ICLModel
 args = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in sys.argv[1:])
 device = torch.device(args.get('device', 'cuda' if torch.cuda.is_available() else 'cpu'))
 quick = args.get('quick') == 'True'
+sections = args.get('sections', '1,2').split(',')
+points = [int(p) for p in args.get('points', '41,101,141').split(',')]
 reps = 1 if quick else 3
 mem_budget = (torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda' else 16 * 2**30) * 0.6
 
@@ -66,7 +69,7 @@ print('| tokens | ' + ' | '.join(backends) + ' | naive / torch |\n|---' * 1 + '|
 import model as model_module  # the naive loop is swapped in where model.py calls selective_scan
 real_scan = model_module.selective_scan
 naive = lambda *a, backend=None, deterministic=False, **k: ssm_scan.selective_scan_naive(*a, **k)
-for n_points in (41, 101, 141):
+for n_points in (points if '1' in sections else []):
     L, row = 2 * n_points, {}
     for backend in backends:
         model, _ = build('mamba', f'--scan_backend={"torch" if backend == "naive" else backend}')
@@ -86,7 +89,7 @@ for n_points in (41, 101, 141):
 
 print("\n## 2. training steps/s at paper size (linear regression, 82 tokens, batch 64)\n")
 print('| model | backbone params | steps/s |\n|---|---|---|')
-for name in ('gpt2', 'llama', 'mamba', 'llama_mamba'):
+for name in (('gpt2', 'llama', 'mamba', 'llama_mamba') if '2' in sections else ()):
     model, cfg = build(name)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     run = fwd_bwd(model, 41)
