@@ -428,6 +428,192 @@ def test_triton_scan_dispatch(monkeypatch):
 
 # -----------------------------------------------------------------------------
 # baselines / evaluate
+import json as _json, subprocess as _subprocess, sys as _sys
+import baselines
+import evaluate
+from model import ICLModel, ModelConfig
+
+_EV_ROOT = os.path.dirname(os.path.abspath(__file__))
+_EV_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny work: one thread is fastest and never oversubscribes shared cores
+
+
+def _ev_run(*args):
+    return _subprocess.run([_sys.executable, *args], cwd=_EV_ROOT, env=_EV_ENV, capture_output=True, text=True, timeout=300)
+
+
+def _ev_prompts(task, B, N, d, seed=0, **kw):
+    return tasks.sample(task, B, N, d, torch.Generator().manual_seed(seed), **kw)
+
+
+def _ev_ckpt(path, n_dims=3, n_points=7, task="linear_regression", **model_kw):
+    """a checkpoint in train.py's format around an untrained tiny model (no training needed to test evaluate)"""
+    margs = dict(n_dims=n_dims, y_dim=tasks.y_dim(task, n_dims), n_positions=16, n_layer=1, n_embd=16, n_head=2, **model_kw)
+    cfg = dict(task=task, n_dims=n_dims, n_points=n_points, arch="gpt2", **tasks.TASK_DEFAULTS)
+    model = ICLModel(ModelConfig(**margs))
+    os.makedirs(path, exist_ok=True)
+    torch.save(dict(model=model.state_dict(), optimizer={}, step=0, config=cfg, model_args=margs), os.path.join(path, "ckpt.pt"))
+    return str(path)
+
+
+def test_score_exact_cases_and_paper_example():
+    xs, ys = _ev_prompts("linear_regression", 256, 11, 5)
+    err0 = evaluate.sq_err(torch.zeros_like(ys), ys, "linear_regression")
+    err_ls = evaluate.sq_err(baselines.least_squares(xs, ys), ys, "linear_regression")
+    assert evaluate.score(err_ls, err0, err_ls)["score"] == 1.0  # exactly
+    assert evaluate.score(err0, err0, err_ls)["score"] == 0.0
+    s = evaluate.score(err_ls, err0, err_ls)
+    assert s["ci95"] == [s["score"] - 1.96 * s["se"], s["score"] + 1.96 * s["se"]] and s["se"] > 0
+    # docs/paper.md §6: xi_0 = 20, xi_base = [20, 14, 8, 0], xi_model = [20, 15, 9, 1.5] -> 34.5 / 38 = 0.908
+    row = lambda v: torch.tensor([v, v])  # two identical prompts: the means are the values themselves
+    zero, base = row([20.0] * 4), row([20.0, 14, 8, 0])
+    assert round(evaluate.score(row([20.0, 15, 9, 1.5]), zero, base)["score"], 3) == 0.908
+    assert round(evaluate.score(row([30.0] * 4), zero, base)["score"], 2) == -1.05  # 10 worse than zero everywhere
+
+
+def test_least_squares_curve_is_d_minus_i():
+    d, N = 8, 17
+    xs, ys = _ev_prompts("linear_regression", 4000, N, d)
+    err = (baselines.least_squares(xs, ys) - ys).pow(2).mean((0, 2))  # noiseless: E = d - i below d, 0 from d on
+    assert torch.allclose(err[:d], torch.arange(d, 0, -1.0), rtol=0.08)
+    assert err[d:].max() < 1e-6
+
+
+def test_least_squares_matches_numpy_lstsq():
+    np = pytest.importorskip("numpy")
+    cases = [_ev_prompts("linear_regression", 6, 14, 5, noise_std=0.5),  # noisy: the ill-conditioned square systems matter
+             _ev_prompts("sparse_parity", 6, 30, 6),                      # repeated x's: rank-deficient prefixes
+             _ev_prompts("mqar", 4, 9, 3)]                                # y_dim > 1
+    xs, ys = _ev_prompts("linear_regression", 6, 14, 5, seed=1)
+    xs[..., 3:] = 0                                                       # inactive dims (the curriculum)
+    cases.append((xs, ys))
+    for xs, ys in cases:
+        xq = xs + 0.1 * torch.randn(xs.shape, generator=torch.Generator().manual_seed(2))
+        for q in (None, xq):
+            p = baselines.least_squares(xs, ys, q).double().numpy()
+            X, Y, Q = xs.double().numpy(), ys.double().numpy(), (xs if q is None else q).double().numpy()
+            ref = np.zeros_like(p)
+            for b in range(X.shape[0]):
+                for i in range(1, X.shape[1]):
+                    ref[b, i] = Q[b, i] @ np.linalg.lstsq(X[b, :i], Y[b, :i], rcond=None)[0]
+            assert np.abs(p - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.05])
+def test_lasso_matches_sklearn(alpha):
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    import warnings
+    xs, ys = _ev_prompts("sparse_linear_regression", 8, 20, 8, sparsity=2)
+    p = baselines.lasso(xs, ys, alpha=alpha)
+    X, Y = xs.double().numpy(), ys.double().numpy()
+    for b in range(8):
+        for i in range(1, 20):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # sklearn warns when it does not converge: those fits are skipped
+                fit = sklearn.Lasso(alpha=alpha, fit_intercept=False, tol=1e-10, max_iter=100_000).fit(X[b, :i], Y[b, :i, 0])
+            if fit.n_iter_ < 100_000:
+                ref = float(fit.predict(X[b, i:i + 1])[0])
+                assert abs(p[b, i, 0].item() - ref) <= 1e-3 * max(abs(ref), 1e-2), (b, i)
+
+
+def test_knn_averaging_retrieval_match_loops():
+    xs, ys = _ev_prompts("linear_regression", 3, 9, 4)
+    xq = torch.randn(xs.shape, generator=torch.Generator().manual_seed(3))
+    knn, avg, ret = baselines.knn(xs, ys, xq), baselines.averaging(xs, ys, xq), baselines.retrieval_dict(xs, ys, xq)
+    for b in range(3):
+        for i in range(1, 9):
+            dist = (xs[b, :i] - xq[b, i]).norm(dim=-1)
+            near = dist.argsort()[:3]
+            assert torch.allclose(knn[b, i], ys[b, near].mean(0), atol=1e-5)
+            w = (xs[b, :i] * ys[b, :i]).mean(0)
+            assert torch.allclose(avg[b, i], (xq[b, i] * w).sum(-1, keepdim=True), atol=1e-5)
+            assert torch.equal(ret[b, i], ys[b, (xs[b, :i] @ xq[b, i]).argmax()])
+    assert not knn[:, 0].any() and not avg[:, 0].any() and not ret[:, 0].any()
+
+
+def test_retrieval_dict_exact_on_mqar_and_parity_bayes_learns():
+    xs, ys = _ev_prompts("mqar", 64, 65, 20)
+    err = evaluate.sq_err(baselines.retrieval_dict(xs, ys), ys, "mqar")
+    assert err.shape == (64, 1) and err.max() == 0
+    xs, ys = _ev_prompts("sparse_parity", 64, 40, 10)
+    err = (baselines.parity_bayes(xs, ys) - ys).pow(2).mean((0, 2))
+    assert err[0] == 1 and err[-10:].max() < 0.05  # 45 hypotheses: a couple of dozen pairs pin the subset down
+
+
+@pytest.mark.parametrize("name", ["zero", "least_squares", "averaging", "knn", "retrieval_dict", "parity_bayes", "lasso", "gd_mlp"])
+def test_baselines_are_causal(name):
+    kw = dict(steps=5, hidden=8) if name == "gd_mlp" else {}
+    fn = lambda x, y, q=None: baselines.BASELINES[name](x, y, q, **kw)
+    xs, ys = _ev_prompts("sparse_parity" if name == "parity_bayes" else "sparse_linear_regression", 4, 12, 6)
+    p = fn(xs, ys)
+    xs2, ys2 = xs.clone(), ys.clone()
+    xs2[:, 7:], ys2[:, 7:] = -xs2[:, 7:], ys2[:, 7:] + 3  # change everything from pair 7 on
+    assert p.shape == ys.shape and not p[:, 0].any()
+    assert torch.allclose(fn(xs2, ys2)[:, :7], p[:, :7], rtol=1e-5, atol=1e-6)  # prediction i only sees pairs < i and x_i
+    xq = xs.clone()
+    xq[:, 5] = -xq[:, 5]  # a different query at position 5 changes prediction 5 only
+    assert torch.allclose(fn(xs, ys, xq)[:, 6:], p[:, 6:], rtol=1e-5, atol=1e-6)
+
+
+def test_gd_mlp_learns_an_easy_function():
+    xs, ys = _ev_prompts("linear_regression", 8, 21, 2)
+    for kw in (dict(steps=300), dict(steps=100, batch_size=100)):  # the paper's setting and the reference code's
+        err = (baselines.gd_mlp(xs, ys, hidden=32, **kw) - ys).pow(2).mean((0, 2))
+        assert err[-5:].mean() < 0.2 * ys.pow(2).mean()
+
+
+def test_evaluate_bad_inputs(tmp_path, capsys):
+    with pytest.raises(train.UserError, match="no checkpoints in"):
+        evaluate.main([str(tmp_path / "nothing")])
+    good = _ev_ckpt(tmp_path / "good")
+    bad = _ev_ckpt(tmp_path / "bad")
+    state = torch.load(os.path.join(bad, "ckpt.pt"), weights_only=True)
+    state["model_args"]["norm"] = "batchnorm"  # an architecture this code does not know
+    torch.save(state, os.path.join(bad, "ckpt.pt"))
+    other = _ev_ckpt(tmp_path / "other", n_dims=4)
+    with open(os.path.join(tmp_path, "trunc.pt"), "wb") as f:
+        f.write(open(os.path.join(good, "ckpt.pt"), "rb").read()[:500])
+    os.makedirs(tmp_path / "trunc")
+    os.replace(os.path.join(tmp_path, "trunc.pt"), tmp_path / "trunc" / "ckpt.pt")
+    for args, msg in [([bad], "cannot rebuild the model"), ([str(tmp_path / "trunc")], "not a readable checkpoint"),
+                      ([good, "--task=mqar"], "y of dimension"), ([good, "--task=decision_tree", f"--baseline_run={other}"], "x of dimension 4"),
+                      ([good, "--n_prompt=8"], "unknown option"), ([good, "--n_prompts=many"], "must be a int"),
+                      ([good, "--task=regression"], "unknown task"), ([good, "--baselines=nope"], "unknown baseline"),
+                      ([good, "--ood=all", "--task=decision_tree"], "OOD suite"), ([], "usage")]:
+        with pytest.raises(train.UserError, match=msg):
+            evaluate.main(args + ["--n_prompts=8", "--plot=False"] if args else [])
+    r = _ev_run("evaluate.py", bad)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_writes_curves_scores_plots_and_table(tmp_path):
+    run, base = _ev_ckpt(tmp_path / "runA"), _ev_ckpt(tmp_path / "runB")
+    evaluate.main([run, base, "--n_prompts=96", "--batch_size=40", "--ood=quadrants,orthogonal", f"--out={tmp_path}/cmp/table"])
+    res = _json.load(open(os.path.join(run, "eval_linear_regression.json")))
+    assert res["score_baseline"] == "least_squares" and len(res["positions"]) == 7 and len(res["zero"]["mean"]) == 7
+    assert all(math.isfinite(v) for c in [res["zero"], *res["baselines"].values(), *res["checkpoints"]] for v in c["mean"] + c["se"])
+    assert res["baselines"]["least_squares"]["score"]["score"] == 1.0 and math.isfinite(res["score"]["score"])
+    for v in ("quadrants", "orthogonal"):
+        assert os.path.exists(os.path.join(run, f"eval_linear_regression_{v}.json"))
+    assert os.path.getsize(os.path.join(run, "eval_linear_regression.png")) > 1000
+    assert os.path.exists(tmp_path / "cmp" / "table_linear_regression.png")
+    md = open(tmp_path / "cmp" / "table.md").read()
+    assert "| runA |" in md and "| runB |" in md and "Sparse Parity" in md and "–" in md  # two gpt2 runs: rows by run name
+    assert open(tmp_path / "cmp" / "table.csv").read().startswith("model,linear_regression,linear_regression_ci95")
+    # the same prompts for every run: two identical models give identical curves
+    assert _json.load(open(os.path.join(base, "eval_linear_regression.json")))["zero"] == res["zero"]
+
+
+def test_evaluate_end_to_end_after_train(tmp_path):
+    out = str(tmp_path / "run")
+    r = _ev_run("train.py", "--max_iters=4", "--ckpt_interval=2", "--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8",
+                "--eval_interval=2", f"--out_dir={out}")
+    assert r.returncode == 0, r.stderr
+    r = _ev_run("evaluate.py", out, "--n_prompts=64", "--all_ckpts=True")
+    assert r.returncode == 0, r.stderr
+    res = _json.load(open(os.path.join(out, "eval_linear_regression.json")))
+    assert [c["step"] for c in res["checkpoints"]][-2:] == [2, 4] and os.path.exists(os.path.join(out, "eval_linear_regression.png"))
+    assert all(math.isfinite(c["score"]["score"]) for c in res["checkpoints"]) and "score vs least_squares" in r.stdout
+
 
 # -----------------------------------------------------------------------------
 # reliability
