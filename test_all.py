@@ -350,10 +350,191 @@ def test_tasks_ood_skewed_and_half_subspace_spectrum():
 # -----------------------------------------------------------------------------
 # train / config
 
+import contextlib
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+TINY = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8", "--max_iters=30", "--log_interval=1",
+        "--eval_interval=10", "--ckpt_interval=5"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest and never oversubscribes shared cores
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _run(out_dir, *args):
+    """train.main in this process (tiny model); returns the final step"""
+    return train.main([*TINY, f"--out_dir={out_dir}", *args])
+
+
+def _python(*args, timeout=120):
+    """a real process: `python train.py ...` (or a script given as args), in the repo"""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(out_dir):
+    """the logged sequence without wall-clock fields"""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time", "steps_per_s")} for line in f]
+
+
+def _state(out_dir, name="ckpt.pt"):
+    return train.load_checkpoint(os.path.join(out_dir, name))
+
+
+def _same_tensors(a, b):
+    """bitwise equality of two (nested) state dicts"""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_train_config_loader(tmp_path):
+    cfg, explicit = train.load_config(["--learning_rate=1", "--out_dir=runs/1", "--task=mqar"])
+    assert cfg["learning_rate"] == 1.0 and type(cfg["learning_rate"]) is float  # int -> float
+    assert cfg["out_dir"] == "runs/1" and cfg["task"] == "mqar" and explicit == {"learning_rate", "out_dir", "task"}
+    conf = tmp_path / "c.py"
+    conf.write_text("import math\nn_embd = 2 ** 5\ndef helper(): pass\n")  # modules and helpers are not keys
+    assert train.load_config([str(conf), "--n_head=8"])[0]["n_embd"] == 32
+    with pytest.raises(train.UserError, match="did you mean 'n_embd'"):
+        train.load_config(["--n_emdb=16"])
+    conf.write_text("learning_rat = 1e-4\n")
+    with pytest.raises(train.UserError, match="unknown config key 'learning_rat' in .*did you mean 'learning_rate'"):
+        train.load_config([str(conf)])
+    with pytest.raises(train.UserError, match="must be of type int"):
+        train.load_config(["--n_embd=64.0"])
+    # every preset composes with every task into a valid model config
+    for arch in ("gpt2", "llama", "mamba", "llama_mamba", "mambaformer"):
+        for task in ("linear_regression", "sparse_parity", "mqar"):
+            train.validate(train.load_config([f"configs/{arch}.py", f"configs/{task}.py"])[0])
+
+
+def test_train_overfits_fixed_batch(tmp_path, monkeypatch, one_thread):
+    # the same 8 prompts every step: a working loop memorises them
+    fixed = train.get_batch  # before patching
+    monkeypatch.setattr(train, "get_batch", lambda cfg, step, rank, n, gen=None: fixed(cfg, 0, 0, n, gen))
+    _run(tmp_path / "r", "--n_embd=32", "--n_head=4", "--learning_rate=3e-3", "--max_iters=150", "--eval_interval=150")
+    losses = [r["loss"] for r in _metrics(tmp_path / "r") if "loss" in r]
+    assert len(losses) == 150 and losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+
+
+def test_train_same_seed_is_bitwise_identical(tmp_path, one_thread):
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        _run(tmp_path / name, f"--seed={seed}", "--max_iters=12")
+    a, b, c = (_state(tmp_path / n) for n in "abc")
+    assert _same_tensors(a["model"], b["model"]) and _same_tensors(a["optimizer"], b["optimizer"])
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert not _same_tensors(a["model"], c["model"]) and _metrics(tmp_path / "a") != _metrics(tmp_path / "c")
+
+
+def test_train_resume_after_interrupt_is_exact(tmp_path, monkeypatch, one_thread, capsys):
+    # uninterrupted vs. SIGINT inside step 13 (graceful: the step finishes, a checkpoint is written) then --resume
+    _run(tmp_path / "full")
+    real = train.get_batch
+    def interrupt(cfg, step, rank, n, gen=None):
+        if step == 12 and gen is None and n == cfg["batch_size"]:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, step, rank, n, gen)
+    monkeypatch.setattr(train, "get_batch", interrupt)
+    assert _run(tmp_path / "cut") == 13
+    assert "stopped at step 13" in capsys.readouterr().out and _state(tmp_path / "cut")["step"] == 13
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main gave the handlers back
+    monkeypatch.setattr(train, "get_batch", real)
+    assert _run(tmp_path / "cut", "--resume=True") == 30
+    full, cut = _state(tmp_path / "full"), _state(tmp_path / "cut")
+    assert _same_tensors(full["model"], cut["model"]) and _same_tensors(full["optimizer"], cut["optimizer"])
+    assert _metrics(tmp_path / "full") == _metrics(tmp_path / "cut")
+
+
+def test_train_ranks_never_share_data():
+    cfg = train.load_config([])[0]
+    batches = [train.get_batch(cfg, step, rank, 4)[0] for step in range(3) for rank in range(4)]
+    batches += [train.get_batch(cfg, 0, 0, 4, gen=train.batch_generator(cfg["seed"], -1 - i, 0))[0] for i in range(2)]  # val
+    assert all(not torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
+    assert torch.equal(train.get_batch(cfg, 7, 1, 4)[1], train.get_batch(cfg, 7, 1, 4)[1])  # and each is reproducible
+
+
+_DDP_WORKER = r'''
+import os, sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+import train
+from model import ICLModel
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+cfg = train.load_config(["--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8", "--micro_batch_size=2"])[0]
+torch.manual_seed(cfg["seed"])
+model = DDP(ICLModel(train.validate(cfg, world_size=2)))
+xs, ys = train.get_batch(cfg, 3, rank, 4)  # this rank's half of step 3's global batch
+for m in range(2):  # two micro-batches, the first without the all-reduce: train.py's accumulation
+    with model.no_sync() if m == 0 else torch.enable_grad():
+        (train.icl_loss(model(xs[2 * m:2 * m + 2], ys[2 * m:2 * m + 2]), ys[2 * m:2 * m + 2], cfg["task"]) / 2).backward()
+torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+dist.destroy_process_group()
+'''
+
+
+def test_train_ddp_gradients_equal_single_process_on_union(tmp_path, one_thread):
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    env = {**ENV, "PYTHONPATH": ROOT}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"), str(tmp_path / f"g{r}.pt")],
+                              cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read()
+    cfg = train.load_config(["--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8"])[0]
+    torch.manual_seed(cfg["seed"])
+    model = train.ICLModel(train.validate(cfg))
+    parts = [train.get_batch(cfg, 3, r, 4) for r in range(2)]
+    xs, ys = (torch.cat(t) for t in zip(*parts))  # the union of the two ranks' batches
+    train.icl_loss(model(xs, ys), ys, cfg["task"]).backward()
+    for r in range(2):
+        grads = torch.load(tmp_path / f"g{r}.pt")
+        for n, p in model.named_parameters():
+            assert torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7), n
+
+
+def test_train_torchrun_two_processes(tmp_path, monkeypatch, one_thread):
+    # a real 2-process gloo run end to end; its logged loss and grad norm (all-reduced) equal a single process's
+    # on the union of the two ranks' batches, step after step (micro-batches of 2: accumulation under no_sync too)
+    args = [*TINY, "--max_iters=3", "--micro_batch_size=2"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *args,
+                        f"--out_dir={tmp_path / 'ddp'}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 process(es)" in (tmp_path / "ddp" / "log.txt").read_text()
+    real = train.get_batch
+    def union(cfg, step, rank, n, gen=None):
+        if gen is not None or n != cfg["batch_size"]:
+            return real(cfg, step, rank, n, gen)
+        return tuple(torch.cat(t) for t in zip(*(real(cfg, step, r, n // 2) for r in range(2))))
+    monkeypatch.setattr(train, "get_batch", union)
+    _run(tmp_path / "one", "--max_iters=3")
+    ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
+    assert [r["step"] for r in ddp] == [1, 2, 3]
+    for a, b in zip(ddp, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    wd, w1 = _state(tmp_path / "ddp")["model"], _state(tmp_path / "one")["model"]
+    assert all(torch.allclose(wd[k], w1[k], rtol=1e-4, atol=1e-6) for k in w1)
+
 # -----------------------------------------------------------------------------
 # Triton scan (interpreter)
 
 needs_triton = pytest.mark.skipif(not (ssm_scan.HAS_TRITON and ssm_scan.INTERPRET), reason="needs triton's interpreter")
+_tri = lambda *a, **kw: ssm_scan.selective_scan(*a, backend="triton", **kw)
 
 
 @pytest.fixture
@@ -617,3 +798,364 @@ def test_evaluate_end_to_end_after_train(tmp_path):
 
 # -----------------------------------------------------------------------------
 # reliability
+
+# the crash test's driver: imports torch and train once, then runs each attempt in a fork (a real process, SIGKILLed
+# for real, without paying for a new interpreter each time) with one kill point patched in; reports as JSON
+_DRIVER = r"""
+import builtins, io, json, os, signal, sys, time, traceback
+import torch, torch._dynamo  # (Adam imports dynamo: once, here)
+import train
+torch.set_num_threads(1)
+
+def arm(kind, n):
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    calls = [0]
+    def nth():  # True on this process's n-th call of the patched function
+        calls[0] += 1
+        return calls[0] == n
+    if kind in ("step", "sigterm", "sigint"):  # inside step n, after its batch is drawn, before its update
+        real_batch = train.get_batch
+        def get_batch(cfg, step, rank, k, gen=None):
+            if step == n and gen is None and k == cfg["batch_size"]:
+                die() if kind == "step" else os.kill(os.getpid(), signal.SIGTERM if kind == "sigterm" else signal.SIGINT)
+            return real_batch(cfg, step, rank, k, gen)
+        train.get_batch = get_batch
+    elif kind == "save":  # halfway through writing the bytes of the n-th checkpoint
+        real_save = torch.save
+        def save(obj, f):
+            if nth():
+                buf = io.BytesIO()
+                real_save(obj, buf)
+                f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+                f.flush()
+                die()
+            real_save(obj, f)
+        torch.save = save
+    elif kind in ("replace", "link"):  # a complete .tmp not yet renamed / ckpt.pt renamed, ckpt_<step>.pt not yet linked
+        real = getattr(os, kind)
+        setattr(os, kind, lambda *a: die() if nth() else real(*a))
+    elif kind == "metrics":  # half of the n-th metrics row written
+        class Half:
+            def __init__(self, f): self.f = f
+            def __enter__(self): return self
+            def __exit__(self, *a): self.f.close()
+            def write(self, s):
+                if nth():
+                    self.f.write(s[:len(s) // 2]); self.f.flush(); die()
+                self.f.write(s)
+        train.open = lambda p, m="r", *a: Half(builtins.open(p, m, *a)) if str(p).endswith(".jsonl") and m == "a" else builtins.open(p, m, *a)
+
+plan, args, report = json.loads(sys.argv[1]), sys.argv[3:], []
+for i, (kind, n, out_dir) in enumerate(plan):
+    ckpt, r = os.path.join(out_dir, "ckpt.pt"), {"kind": kind, "n": n}
+    r["resume"] = resume = os.path.exists(ckpt)
+    if not resume and os.path.exists(out_dir):  # killed before its first checkpoint: what does --resume say?
+        try:
+            train.main([*args, f"--out_dir={out_dir}", "--resume=True"])
+        except train.UserError as e:
+            r["resume_error"] = str(e)
+    log = os.path.join(sys.argv[2], f"attempt{i}.txt")
+    t0, pid = time.time(), os.fork()
+    if pid == 0:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1), os.dup2(fd, 2)
+        code = 0
+        try:
+            arm(kind, n)
+            train.main([*args, f"--out_dir={out_dir}", f"--resume={resume}"])
+        except train.UserError as e:
+            print(f"error: {e}"); code = 2
+        except BaseException:
+            traceback.print_exc(); code = 1
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    if kind == "random":  # from outside, after n/1000 of the first attempt's duration: wherever the run happens to be
+        time.sleep(n / 1000 * report[0]["secs"])
+        os.kill(pid, signal.SIGKILL)  # (not yet reaped, so the pid is still ours even if it has just finished)
+    status = os.waitpid(pid, 0)[1]
+    r["secs"] = time.time() - t0
+    r["signal"], r["code"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0, os.waitstatus_to_exitcode(status)
+    r["out"] = open(log).read()[-2000:]
+    try:
+        r["step"] = train.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None
+    except train.UserError as e:
+        r["step"] = f"unreadable: {e}"
+    report.append(r)
+print(json.dumps(report))
+"""
+
+# 30 steps, a checkpoint every 5 and at step 0. In step order: SIGKILL while writing the very first checkpoint, mid-step,
+# mid metrics row, mid checkpoint write of a resumed run, a complete .tmp not yet renamed, between the rename and the hard
+# link, mid-step again, a second metrics row, mid-write of the last checkpoint, the last step; and SIGTERM / SIGINT.
+# Then fresh runs killed once each from outside at a random moment (wherever it lands), and resumed
+KILL_PLAN = [("save", 1), ("step", 3), ("metrics", 4), ("save", 2), ("sigterm", 9), ("replace", 2), ("link", 1), ("step", 17),
+             ("metrics", 6), ("sigint", 22), ("save", 2), ("step", 28), ("step", 29)]
+RANDOM_KILLS = [rng.randrange(1000) for rng in [random.Random(6)] for _ in range(6)]  # per mille of a whole run's time
+
+
+def test_reliability_kill_at_any_moment(tmp_path):
+    """after each kill the run resumes (or restarts, if it died before its first checkpoint); the final weights,
+    optimizer state and logged loss sequence equal an uninterrupted run's bit for bit"""
+    args = [*TINY, "--keep_last=2", "--keep_every=10"]
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    rand = [str(tmp_path / f"rand{i}") for i in range(len(RANDOM_KILLS))]
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    plan = [("none", 0, ref)] + [(k, n, run) for k, n in KILL_PLAN] + [("none", 0, run)]
+    plan += [a for n, d in zip(RANDOM_KILLS, rand) for a in (("random", n, d), ("none", 0, d))]
+    p = subprocess.run([sys.executable, str(tmp_path / "driver.py"), json.dumps(plan), str(tmp_path), *args], cwd=ROOT,
+                       env={**ENV, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    good = -1  # the step of the last complete checkpoint
+    for r in report[1:]:
+        if r["kind"] == "random":
+            assert r["signal"] == signal.SIGKILL or r["code"] == 0, r  # (it may have finished first)
+            good = -1  # a fresh run
+        elif r["kind"] in ("none", "sigterm", "sigint"):
+            assert r["code"] == 0 and "error" not in r["out"], r
+            assert r["kind"] == "none" or f"stopped at step {r['n'] + 1}" in r["out"] and "--resume=True" in r["out"], r
+        else:
+            assert r["signal"] == signal.SIGKILL, r
+        assert r["step"] is None or isinstance(r["step"], int) and r["step"] >= good, r  # never partial, never older
+        good = r["step"] if r["step"] is not None else good
+        if "resume_error" in r:
+            assert "no checkpoint at" in r["resume_error"], r
+    assert good == 30 and not report[1]["resume"] and "resume_error" in report[2]  # the first kill: before any checkpoint
+    for other in (run, *rand):
+        a, b = _state(ref), _state(other)
+        assert _same_tensors(a["model"], b["model"]) and _same_tensors(a["optimizer"], b["optimizer"])
+        assert _metrics(ref) == _metrics(other) and len(_metrics(ref)) == 30
+    # kept: every multiple of keep_every, plus the last keep_last others (the interrupted run also has its stop points)
+    assert sorted(f for f in os.listdir(ref) if f.startswith("ckpt_")) == [f"ckpt_{s:07d}.pt" for s in (0, 10, 15, 20, 25, 30)]
+    kept = [int(f[5:12]) for f in os.listdir(run) if re.fullmatch(r"ckpt_\d+\.pt", f)]
+    assert {0, 10, 20, 30} <= set(kept) and len([s for s in kept if s % 10]) <= 2
+    assert all(_state(run, f"ckpt_{s:07d}.pt")["step"] == s for s in kept)
+
+
+def test_reliability_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    run = tmp_path / "nan"
+    r = _python("train.py", *TINY, "--learning_rate=1e30", "--ckpt_interval=1", f"--out_dir={run}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    m = re.search(r"non-finite loss .* in step (\d+), before its update; the last good checkpoint (\S+) \(step (\d+)\) is intact",
+                  r.stderr)
+    assert m, r.stderr
+    ckpt = train.load_checkpoint(m.group(2))
+    assert ckpt["step"] == int(m.group(3)) == int(m.group(1)) - 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert _same_tensors(ckpt["model"], _state(run, f"ckpt_{ckpt['step']:07d}.pt")["model"])
+    assert max(r["step"] for r in _metrics(run)) == ckpt["step"]
+
+
+def _malformed_cases(tmp):
+    """(argv, the message must match) for a few hundred malformed configs: every key with values of the wrong type
+    and out of range, unknown names, bad syntax, inconsistent combinations, broken config files"""
+    cases = []
+    for key, default in train.DEFAULTS.items():
+        wrong_type = {bool: ["1", "yes", "true", "'True'", "", "None"], int: ["1.5", "abc", "True", "", "[1]", "None", "'3'",
+                      "10**3", "1e400", "{}"], float: ["abc", "True", "[]", "None", "1j", "'0.1'"], str: []}[type(default)]
+        cases += [([f"--{key}={v}"], f"{key} must be of type") for v in wrong_type]
+        if key in train.POSITIVE + train.NONNEG:
+            low = ["0", "-1"] if key in train.POSITIVE else ["-1"]
+            high = [str(train.UPPER[key] + 1)] if key in train.UPPER else ["9" * 30] if type(default) is int else []
+            cases += [([f"--{key}={v}"], f"{key} must be") for v in low + high + (["-1e400", "1e400"] if type(default) is float else [])]
+        if key in train.CHOICES:
+            cases += [([f"--{key}={v}"], f"{key}=.* is not one of") for v in ("nonexistent", "", default.upper(), " " + default)]
+    cases += [([f"--{k}={v}"], f"{k} must be") for k in ("learning_rate", "ffn_mult") for v in ("0", "-1e-3", "1e400")]
+    cases += [([f"--{k}={v}"], f"{k} must be in") for k in ("beta1", "beta2") for v in ("1", "-0.1", "1.5")]
+    cases += [([f"--device={v}"], "device=") for v in ("tpu", "cuda:x", "CPU", "", "cpu:0", "cuda:-1")]
+    cases += [([a], m) for a, m in (("--n_embd", "--key=value"), ("--=3", "unknown config key ''"), ("---n_embd=3", "unknown"),
+              ("--unknown_key=1", "unknown config key"), ("--n_emdb=16", "did you mean 'n_embd'"), ("-n_embd=3", "not found"),
+              ("n_embd=3", "not found"), ("configs/gtp2.py", "not found"), (str(tmp), "not found"))]
+    cases += [(a, m) for a, m in (
+        (["--n_embd=15", "--n_head=2"], "not divisible"), (["--n_points=142"], "learned position table"),
+        (["--batch_size=10", "--micro_batch_size=3"], "split evenly"), (["--micro_batch_size=128"], "split evenly"),
+        (["--task=mqar", "--n_points=1"], "mqar needs n_points >= 2"), (["--task=sparse_parity", "--parity_k=6"], "parity_k"),
+        (["--task=sparse_parity", "--curriculum=True", "--curriculum_dims_start=1"], "parity_k"),
+        (["--task=sparse_parity", "--noise_std=0.1"], "noise_std"), (["--task=mqar", "--noise_std=0.1"], "noise_std"),
+        (["--pos=rope", "--n_embd=12", "--n_head=4"], "RoPE needs an even head size"), (["--layer_pattern=AX"], "layer_pattern"),
+        (["--layer_pattern="], "layer_pattern"), (["--n_embd=100000000000000"], "cannot build this model"),
+        (["--batch_size=100000000000000"], "cannot build this model or held-out set"),
+        (["--n_dims=100000000000000", "--pos=rope"], "config: "), (["--resume=True"], "no checkpoint at"),
+        (["--device=cuda:7"], "CUDA device"), (["configs/gpt2.py", "configs/mqar.py", "--n_points=1"], "mqar needs"))]
+    files = {"syntax.py": ("n_embd = = 3\n", "failed to run: SyntaxError"), "unknown.py": ("n_emb = 3\n", "did you mean"),
+             "type.py": ("n_embd = '64'\n", "must be of type int"), "raise.py": ("raise ValueError('boom')\n", "ValueError: boom"),
+             "exit.py": ("import sys\nsys.exit(0)\n", "SystemExit"), "list.py": ("n_embd = [64]\n", "must be of type int"),
+             "float.py": ("n_embd = 64.0\n", "must be of type int"), "nan.py": ("learning_rate = float('nan')\n", "learning_rate"),
+             "inf.py": ("learning_rate = float('inf')\n", "learning_rate"), "imp.py": ("import no_such_module_xyz\n", "ModuleNotFound"),
+             "task.py": ("task = 'regression'\n", "task='regression' is not one of"), "big.py": ("n_layer = 10**100\n", "n_layer"),
+             "neg.py": ("batch_size = -64\n", "batch_size must be"), "bytes.py": (b"\xff\xfe\x00\x81", "failed to run")}
+    for name, (text, m) in files.items():
+        (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        cases.append(([str(tmp / name)], m))
+    return cases
+
+
+def test_reliability_config_fuzz(tmp_path, monkeypatch):
+    """every malformed config ends in one UserError line naming the problem, and nothing is written"""
+    monkeypatch.chdir(tmp_path)  # a default out_dir would land here
+    (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
+    cases = _malformed_cases(tmp_path)
+    assert len(cases) > 300
+    for i, (argv, pattern) in enumerate(cases):
+        with pytest.raises(train.UserError, match=pattern) as e:
+            train.main([f"--out_dir=run{i}", "--max_iters=1", *argv])
+        assert "\n" not in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == sorted(["configs", *{"syntax.py", "unknown.py", "type.py", "raise.py", "exit.py",
+        "list.py", "float.py", "nan.py", "inf.py", "imp.py", "task.py", "big.py", "neg.py", "bytes.py"}])  # nothing written
+    # a sample through real processes (`python train.py ...`, forked from one interpreter that imported torch once):
+    # one line on stderr, exit code 2, nothing on stdout, no traceback, nothing written
+    sample = [[f"--out_dir={tmp_path / f'p{i}'}", *a] for i, (a, _) in enumerate(cases[::len(cases) // 12])]
+    sample += [[f"--out_dir={tmp_path / 'big'}", "--n_embd=100000000000000"], [str(tmp_path / "exit.py")]]
+    (tmp_path / "cli.py").write_text(_CLI_FORKS)
+    p = subprocess.run([sys.executable, str(tmp_path / "cli.py"), json.dumps(sample), str(tmp_path)], cwd=ROOT,
+                       env={**ENV, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for argv, (code, out, err) in zip(sample, json.loads(p.stdout)):
+        assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, (argv, code, out, err)
+    assert not any(f.startswith("p") or f == "big" for f in os.listdir(tmp_path))
+
+
+# runs `python train.py ARGS` for each ARGS in a fork of one interpreter (the real __main__ block, real exit codes)
+_CLI_FORKS = r"""
+import json, os, runpy, sys
+import torch, torch._dynamo, model, tasks  # imported once, before the forks
+results = []
+for i, argv in enumerate(json.loads(sys.argv[1])):
+    out, err = (os.path.join(sys.argv[2], f"cli{i}.{s}") for s in ("out", "err"))
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1), os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+        sys.argv, code = ["train.py", *argv], 0
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    results.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), open(out).read(), open(err).read()])
+print(json.dumps(results))
+"""
+
+
+def test_reliability_bad_checkpoints(tmp_path, one_thread):
+    """truncated, bit-flipped, garbage, empty, foreign and malicious files, another architecture, a config change:
+    one clear message each, nothing overwritten, no pickled code run"""
+    good = tmp_path / "good"
+    _run(good, "--max_iters=5")
+    blob = (good / "ckpt.pt").read_bytes()
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+    import pickle, zipfile
+    with zipfile.ZipFile(good / "ckpt.pt") as z:  # flip one byte inside a tensor's data: the zip CRC catches it
+        off = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64).header_offset
+    flip = bytearray(blob)
+    flip[off + 30 + int.from_bytes(blob[off + 26:off + 28], "little") + int.from_bytes(blob[off + 28:off + 30], "little") + 16] ^= 0xFF
+    foreign = tmp_path / "foreign.pt"
+    variants = {"truncated": (blob[:len(blob) // 2], "truncated or corrupted"), "flipped": (bytes(flip), "checksum mismatch"),
+                "garbage": (os.urandom(1000), "truncated or corrupted"), "empty": (b"", "truncated or corrupted"),
+                "text": (b"hello", "truncated or corrupted")}
+    for name, obj, m in (("tensor", torch.ones(3), "not a checkpoint of this project"),
+                         ("state_dict", _state(good)["model"], "missing .*optimizer"),
+                         ("evil", {"model": Evil()}, "safe loading refuses"),
+                         ("bad_step", {**_state(good), "step": "5"}, "malformed")):
+        torch.save(obj, foreign)
+        variants[name] = (foreign.read_bytes(), m)
+    variants["raw_pickle"] = (pickle.dumps(Evil()), "truncated or corrupted")
+    other = tmp_path / "other"
+    _run(other, "--max_iters=1", "--n_embd=32")  # another architecture, and a tampered config that no longer fits it
+    variants["other_arch"] = (None, "does not fit this model")
+    for name, (data, m) in variants.items():
+        d = tmp_path / name
+        d.mkdir()
+        if data is None:
+            ck = _state(other)
+            torch.save({**ck, "config": {**ck["config"], "n_embd": 16}}, d / "ckpt.pt")
+        else:
+            (d / "ckpt.pt").write_bytes(data)
+        before = (d / "ckpt.pt").read_bytes()
+        with pytest.raises(train.UserError, match=m) as e:
+            train.main([f"--out_dir={d}", "--resume=True"])
+        assert "\n" not in str(e.value) and os.listdir(d) == ["ckpt.pt"] and (d / "ckpt.pt").read_bytes() == before, name
+    assert not (tmp_path / "PWNED").exists()
+    # resuming with a changed model or data key is refused unless asked; the refusal changes nothing
+    with pytest.raises(train.UserError, match=r"resume would change the run .*n_embd: 16 -> 32.*allow_config_change"):
+        _run(good, "--resume=True", "--n_embd=32")
+    with pytest.raises(train.UserError, match="does not fit this model"):
+        _run(good, "--resume=True", "--n_embd=32", "--allow_config_change=True")
+    assert (good / "ckpt.pt").read_bytes() == blob
+    # a new run never overwrites a run directory (or a file)
+    with pytest.raises(train.UserError, match="already holds a run"):
+        _run(good)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(train.UserError, match="already holds a run"):
+        _run(tmp_path / "afile")
+    assert (good / "ckpt.pt").read_bytes() == blob and (tmp_path / "afile").read_text() == "x"
+
+
+def _children(pid):
+    """pids of the live child processes of pid (Linux /proc)"""
+    kids = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{d}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def _wait_for_rows(run, rows, procs, timeout=120):
+    deadline = time.time() + timeout
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= rows):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, "the run did not get going"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_reliability_ddp_dead_rank_takes_the_job_down(tmp_path):
+    """torchrun, 2 gloo ranks: rank 1 is SIGKILLed mid-run; the job ends (non-zero, with a message) instead of hanging,
+    and the last checkpoint is intact"""
+    run = tmp_path / "ddp"
+    with open(tmp_path / "out.txt", "w") as log:  # its own session, so that a failing test can end all of it
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                              *TINY, "--max_iters=100000", "--ddp_timeout=20", f"--out_dir={run}"], cwd=ROOT, env=ENV,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_rows(run, 10, [p])
+        workers = [c for c in _children(p.pid) if "\0RANK=1\0" in "\0" + open(f"/proc/{c}/environ").read()]
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        p.wait(timeout=90)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)  # torchrun's session: whatever of it is left
+    out = (tmp_path / "out.txt").read_text()
+    assert p.returncode != 0 and ("error: process 0 failed at step" in out or "FAILED" in out), out[-3000:]
+    assert _state(run)["step"] >= 5
+
+
+def test_reliability_ddp_hung_rank_times_out(tmp_path):
+    """rank 1 stops answering (SIGSTOP) mid-run: rank 0 gives up after ddp_timeout with one line naming the step and
+    the last checkpoint, instead of waiting forever (both started the way torchrun starts them: RANK, WORLD_SIZE, ...)"""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run, procs = tmp_path / "ddp", []
+    for r in range(2):
+        with open(tmp_path / f"err{r}.txt", "w") as err:
+            procs.append(subprocess.Popen(
+                [sys.executable, "train.py", *TINY, "--max_iters=100000", "--ddp_timeout=5", f"--out_dir={run}"], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=err, env={**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2",
+                                                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}))
+    try:
+        _wait_for_rows(run, 10, procs)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        assert procs[0].wait(timeout=60) == 2 and time.time() - t0 < 60
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    err = (tmp_path / "err0.txt").read_text()
+    assert re.fullmatch(r"error: process 0 failed at step \d+ .*last checkpoint \S+ \(step \d+\): .*\n", err), err
+    assert _state(run)["step"] >= 5
