@@ -23,20 +23,17 @@ Backends
   buffers: index-slicing a materialised tensor inside the loop (what mamba's selective_scan_ref
   does) makes autograd's backward quadratic in l (docs/scan.md §1.3). Math in fp32, or fp64 for
   fp64 inputs, so gradcheck is meaningful.
-- "triton": a handwritten Triton kernel, forward and backward (the backward recomputes the states from
-  the chunk borders), fp32 math for fp32/bf16/fp16 (fp64 for fp64), any strides. deterministic=True
-  sums dB/dC in a fixed order instead of with atomics. CPU tensors run in the interpreter
-  (TRITON_INTERPRET=1 set before the import: tests).
+- "triton": a handwritten Triton kernel, forward and backward, fp32 math (fp64 for fp64), any strides;
+  deterministic=True sums dB/dC in a fixed order, not with atomics. CPU tensors: TRITON_INTERPRET=1.
 - "auto": triton for CUDA tensors when triton imports, else torch. SSM_SCAN_BACKEND=torch|triton
   overrides "auto" for A/B checks.
 
 `selective_scan_naive` is the straightforward per-timestep loop most reference code uses (plain
 autograd, index slicing). It is the oracle in tests and the "before" column of the benchmark.
 
-`python ssm_scan.py` checks triton against the reference (output, every grad) and prints a timing
-table (on CPU: the interpreter check and torch vs naive timings).
+`python ssm_scan.py` checks triton against the reference and prints a timing table.
 """
-import functools
+import importlib.util
 import os
 import time
 
@@ -162,19 +159,18 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # `python ssm_scan.py` without a GPU: use the interpreter
-try:
+HAS_TRITON = importlib.util.find_spec("triton") is not None  # optional: CPU users train with the torch backend
+if HAS_TRITON:
     import triton
     import triton.language as tl
-    HAS_TRITON = True
-except ImportError:  # triton is optional: CPU users train with the torch backend
-    HAS_TRITON = False
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read when @triton.jit decorates, i.e. at import
 
 # One program per (batch, block of BD channels) walks time in chunks of BT steps (docs/scan.md §2.3). Per state n a
 # two-value associative scan runs h = a*h + x over the chunk; the state is carried across chunks in registers and saved
 # at each chunk's start, (b, d, n_chunks, n): the backward re-runs the forward from there, right to left, plus the
-# adjoint scan, and stores nothing else. BT is a constexpr power of two, L a runtime int (not specialised): the
-# curriculum's changing lengths reuse one compiled kernel. Core tl.* math only: libdevice fails in the interpreter.
+# adjoint scan (docs/scan.md §1.2, with the CUDA kernel's a[t] h[t-1] = h[t] - x[t]: no shifted copy of h), and stores
+# nothing else. BT is a constexpr power of two, L a runtime int (not specialised): the curriculum's changing lengths
+# reuse one compiled kernel. Core tl.* math only: libdevice fails in the interpreter.
 if HAS_TRITON:
     @triton.jit
     def _combine(a1, x1, a2, x2):  # (a1, x1) then (a2, x2) as maps h -> a*h + x: associative, not commutative
@@ -189,15 +185,8 @@ if HAS_TRITON:
         return tl.sum(tl.where(idx[None, :] == i, tile, 0.0), 1)
 
     @triton.jit
-    def _decay(dt, A, ACC: tl.constexpr):  # a = exp(dt A) in (0, 1]
-        # fp32 as exp2(dt (A log2 e)), a multiply less (mamba's CUDA kernel too); fp64 keeps exp, as the fp32 literal
-        # log2(e) would cost it 8 digits
-        return tl.exp(dt * A[:, None]) if ACC == tl.float64 else tl.exp2(dt * (A * 1.4426950408889634)[:, None])
-
-    @triton.jit
     def _dt(ptr, s, b, d, t, mask, bias, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-        # softplus(delta + bias) and its derivative. Zero outside mask, so a = exp(0) = 1 and x = 0 there: padded steps
-        # and channels pass the state through untouched (mask explicitly: mamba#368)
+        # softplus(delta + bias), its derivative. 0 outside mask: a = 1, x = 0, padding passes h through (mamba#368)
         r = _tile(ptr, s, b, d, t, mask, ACC) + bias[:, None]
         sp, dsp = r, tl.full(r.shape, 1.0, ACC)
         if SOFTPLUS:  # log1p(w) as log(p) w/(p-1), p = 1+w: exact even for tiny w (r ~ -7 at mamba's dt init)
@@ -212,11 +201,9 @@ if HAS_TRITON:
                      dB_ptr, dC_ptr, dW_ptr, L, N, n_ch, s_part, su, sdt, sz, sg, so, sB, sC, sA, sst, HAS_Z: tl.constexpr,
                      SOFTPLUS: tl.constexpr, BWD: tl.constexpr, DET: tl.constexpr, ACC: tl.constexpr,
                      BD: tl.constexpr, BT: tl.constexpr, NP: tl.constexpr):
-        # out_ptr: out = y * silu(z), or du when BWD. Gradients: docs/scan.md §1.2, with the CUDA kernel's trick
-        # a[t] h[t-1] = h[t] - x[t], so no shifted copy of h is needed
         b, d = tl.program_id(0).to(tl.int64), tl.program_id(1) * BD + tl.arange(0, BD)  # d: (BD,) channels
         dmask, ns, pos = d < n_ch, tl.arange(0, NP), tl.arange(0, BT)
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)  # absent D, bias come in as zeros
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)  # absent D, bias come in as zeros (and get grads)
         Dd = tl.load(D_ptr + d, mask=dmask, other=0.0).to(ACC)
         part = tl.program_id(1).to(tl.int64) * s_part if DET else 0  # DET: a dB/dC buffer per channel block
         carry = tl.zeros((BD, NP), ACC)  # fwd: h entering the chunk; bwd: a[t0] dh[t0] of the chunk to the right
@@ -239,16 +226,17 @@ if HAS_TRITON:
                 sti = st_ptr + b * sst[0] + d * sst[1] + c * sst[2] + n  # (BD,) the state entering chunk c
                 h0 = tl.load(sti, mask=dmask, other=0.0) if BWD else _pick(carry, ns, n)
                 A = tl.load(A_ptr + d * sA[0] + n * sA[1], mask=dmask, other=0.0).to(ACC)            # (BD,)
+                A2 = A * 1.4426950408889634  # exp(dt A) as exp2(dt A log2 e): a multiply less, as mamba's CUDA kernel
                 Bn = tl.load(B_ptr + b * sB[0] + n * sB[1] + t * sB[2], mask=tok, other=0.0).to(ACC)  # (BT,)
                 Cn = tl.load(C_ptr + b * sC[0] + n * sC[1] + t * sC[2], mask=tok, other=0.0).to(ACC)
-                a, x = _decay(dt, A, ACC), dtu * Bn[None, :]
+                a, x = tl.exp2(dt * A2[:, None]), dtu * Bn[None, :]  # a in (0, 1]
                 x0 = tl.where(pos[None, :] == 0, a * h0[:, None] + x, x)  # fold the incoming state into step 0
                 h = tl.associative_scan((a, x0), 1, _combine)[1]  # h[t] = a[t] h[t-1] + x[t]
                 y += h * Cn[None, :]
                 if BWD:
-                    gh = ybar * Cn[None, :]
-                    gh = tl.where(pos[None, :] == BT - 1, gh + _pick(carry, ns, n)[:, None], gh)
-                    dh = tl.associative_scan((_decay(dtn, A, ACC), gh), 1, _combine, reverse=True)[1]  # gh + a[t+1] dh[t+1]
+                    # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the carry enters at the chunk's last step
+                    gh = ybar * Cn[None, :] + tl.where(pos[None, :] == BT - 1, _pick(carry, ns, n)[:, None], 0.0)
+                    dh = tl.associative_scan((tl.exp2(dtn * A2[:, None]), gh), 1, _combine, reverse=True)[1]
                     q = dh * (h - x)
                     S1 += dh * Bn[None, :]
                     S2 += A[:, None] * q
@@ -264,31 +252,28 @@ if HAS_TRITON:
             o = b * so[0] + d[:, None] * so[1] + t[None, :] * so[2]
             if BWD:
                 ddt = tl.where(mask, (u * S1 + S2) * dsp, 0.0)
-                dbias += tl.sum(ddt, 1)
-                dD += tl.sum(ybar * u, 1)
+                dbias, dD = dbias + tl.sum(ddt, 1), dD + tl.sum(ybar * u, 1)
                 tl.store(ddt_ptr + o, ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
                 if HAS_Z:
                     tl.store(dz_ptr + o, (g * y * sgz * (1.0 + zt * (1.0 - sgz))).to(dz_ptr.dtype.element_ty), mask=mask)
-                y = dt * S1 + Dd[:, None] * ybar  # du
+                y = dt * S1 + Dd[:, None] * ybar
             elif HAS_Z:
                 y *= zt * sgz
-            tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)  # out = y * silu(z), or du
         if BWD:  # per-(b, d) partials of dA | dD | dbias, (b, d, n + 2), summed over batch on the host: deterministic
             w = (b * n_ch + d) * (N + 2)
             tl.store(dW_ptr + w[:, None] + ns[None, :], dA, mask=dmask[:, None] & (ns < N)[None, :])
             tl.store(dW_ptr + w + N, dD, mask=dmask)
             tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
-# BT, (BD, warps) forward, (BD, warps) backward, by layout (channel-contiguous?); BT is shared, the backward restarts
-# at the forward's chunk borders. NOT tuned, no GPU was lent while writing this: docs/scan.md §2.3's recommendations,
-# compiled ahead of time for sm_90 (fp32 and bf16, b=64 d=1024 n=16) without spills; registers per thread fwd/bwd:
-# channel-contiguous 178/182, time-contiguous 108/207 (a [8, 128] forward or bigger backward tiles reach 255).
-_TILES = {True: (32, (32, 4), (16, 4)), False: (128, (4, 4), (4, 4))}
+# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while writing this):
+# docs/scan.md §2.3's picks, compiled ahead of time for sm_90 (b=64 d=1024 n=16, fp32 and bf16), registers fwd/bwd with
+# triton 3.9 | 3.6: channel-contiguous 130/182 | 128/219, time-contiguous 108/208 | 158/250, no spills (bar 8 bytes).
+_TILES = {True: (32, (16, 4), (16, 4)), False: (128, (4, 4), (4, 4))}
 
 
 def _launch(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
-    # forward (g None): out; backward: the grads of u, delta, A, B, C, D, z, bias. Absent D, bias come in as zeros,
-    # absent z, g as any valid pointer (never read). FP fusion is pinned: Triton 3.10 flips its default
+    # g None: the forward, returns out; else the backward, returns the grads of u, delta, A, B, C, D, z, bias
     (b, nd, l), n = u.shape, A.shape[1]
     BT, (BD, W) = _TILES[chan][0], _TILES[chan][1 if g is None else 2]
     like = lambda x: u.new_empty(b, l, nd, dtype=x.dtype).transpose(1, 2) if chan else u.new_empty(b, nd, l, dtype=x.dtype)
@@ -296,32 +281,26 @@ def _launch(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
     if g is not None:  # dB, dC (fp32, fp64): one buffer for the atomics, or (det) one per channel block, summed below
         dBC = u.new_zeros(2, triton.cdiv(nd, BD) if det else 1, b, n, l, dtype=st.dtype)
         outs += [dBC[0], dBC[1], st.new_empty(b, nd, n + 2)]
-    opt = lambda x, y=u: y if x is None else x
+    opt = lambda x: u if x is None else x  # absent z, g: any valid pointer, never read
     _scan_kernel[(b, triton.cdiv(nd, BD))](
-        u, delta, opt(z), opt(g), B, C, A, opt(D, st.new_zeros(nd)), opt(bias, st.new_zeros(nd)), st, *outs, l, n, nd,
-        b * n * l, u.stride(), delta.stride(), opt(z).stride(), opt(g).stride(), outs[0].stride(), B.stride(),
-        C.stride(), A.stride(), st.stride()[:3], HAS_Z=z is not None, SOFTPLUS=softplus, BWD=g is not None, DET=det,
+        u, delta, opt(z), opt(g), B, C, A, D, bias, st, *outs, l, n, nd, b * n * l, u.stride(), delta.stride(),
+        opt(z).stride(), opt(g).stride(), outs[0].stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
+        HAS_Z=z is not None, SOFTPLUS=softplus, BWD=g is not None, DET=det and g is not None,
         ACC=tl.float64 if st.dtype == torch.float64 else tl.float32, BD=BD, BT=BT, NP=triton.next_power_of_2(n),
-        num_warps=W, enable_fp_fusion=True)
+        num_warps=W, enable_fp_fusion=True)  # fusion pinned: Triton 3.10 flips the default
     if g is None:
         return outs[0]
-    grad = lambda x, dx: None if x is None else dx.to(x.dtype)
-    dB, dC = dBC.sum(1)
-    dW = outs[5].sum(0)
-    return (outs[0], outs[1], grad(A, dW[:, :n]), grad(B, dB), grad(C, dC), grad(D, dW[:, n]), grad(z, outs[2]),
-            grad(bias, dW[:, n + 1]))
+    (dB, dC), dW = dBC.sum(1), outs[5].sum(0)  # dW: dA | dD | dbias
+    return (outs[0], outs[1], dW[:, :n].to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dW[:, n].to(D.dtype),
+            None if z is None else outs[2], dW[:, n + 1].to(bias.dtype))
 
 
 class _ScanTriton(torch.autograd.Function):
-
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, det):
-        # tiles and the outputs' memory layout follow the majority of the activations: channel-contiguous when they
-        # are transposed (b, l, d) tensors, as in model.py (the block's transpose back is then free)
-        acts = [x for x in (u, delta, z) if x is not None]
-        chan = 2 * sum(x.stride(1) == 1 and x.stride(2) != 1 for x in acts) > len(acts)
-        (b, nd, l), n = u.shape, A.shape[1]
-        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), n, dtype=torch.promote_types(torch.float32, u.dtype))
+        chan = delta.stride(1) == 1 and delta.stride(2) != 1  # a transposed (b, l, d) Linear output, as in model.py
+        (b, nd, l), acc = u.shape, torch.promote_types(torch.float32, u.dtype)
+        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), A.shape[1], dtype=acc)  # the states at chunk starts
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, st)
         ctx.cfg = softplus, det, chan
         return _launch(u, delta, A, B, C, D, z, bias, st, None, softplus, det, chan)
@@ -337,8 +316,7 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 def resolve_backend(backend, device):
-    """What "auto" means for tensors on `device`. CPU tensors take torch even under TRITON_INTERPRET=1 (test_all.py
-    sets it for every test; the interpreter is ~1e4x slower): tests ask for backend="triton" explicitly."""
+    """What "auto" means on `device`. CPU takes torch even under TRITON_INTERPRET=1 (set for every test): ask for triton."""
     backend = os.environ.get("SSM_SCAN_BACKEND", "auto") if backend == "auto" else backend
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan backend must be one of {BACKENDS}, got {backend!r}")
@@ -353,19 +331,15 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if not HAS_TRITON or (u.device.type != "cuda" and not INTERPRET):
         raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set before "
                            "ssm_scan is imported (CPU tensors run in the interpreter)")
-    contig = lambda x: None if x is None else x.contiguous()  # D, bias (d,) are read with stride 1
+    contig = lambda x: u.new_zeros(u.shape[1], dtype=A.dtype) if x is None else x.contiguous()  # D, bias (d,): stride 1
     return _ScanTriton.apply(u, delta, A, B, C, contig(D), z, contig(delta_bias), bool(delta_softplus), deterministic)
-
-
-selective_scan_triton = functools.partial(selective_scan, backend="triton")
 
 # -----------------------------------------------------------------------------
 # `python ssm_scan.py`: triton vs the reference (output and every grad), then a Markdown timing table
 
 def _case(b, d, l, n, dtype, device, seed=0):
     # model.py's layout: u, delta, z transposed (b, l, d) activations; B, C slices of one (b, l, 2n) tensor
-    gen = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=gen).to(device)
+    r = lambda *s, gen=torch.Generator().manual_seed(seed): torch.randn(*s, generator=gen).to(device)
     act, BC = lambda: r(b, l, d).to(dtype).transpose(1, 2), r(b, l, 2 * n).to(dtype).transpose(1, 2)
     x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(), delta_bias=r(d) / 2)
     return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
@@ -377,49 +351,44 @@ def _run(fn, x, g, **kw):  # [out, grads of every input]
 
 
 def bench(fn, x, g, reps):
-    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: medians of reps calls after 3 warm-up calls (wall clock
-    around a device sync, so the GPU's ~10 us sync latency is included); effective GB/s = docs/scan.md §2.4's minimal
-    HBM traffic / time; on CUDA the memory held from forward to backward and the peak, above the inputs"""
+    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock around a device
+    sync, ~10 us included), GB/s uses docs/scan.md §2.4's minimal traffic, MB held from forward to backward and at peak"""
     res, (b, d, l), n, e = [], g.shape, x["A"].shape[1], g.element_size()
     traffic = [e * (4 * b * d * l + 2 * b * n * l), e * (11 * b * d * l + 4 * b * n * l) + 8 * b * n * l]  # bytes
     sync = torch.cuda.synchronize if g.is_cuda else (lambda: None)
     for step, by in zip((lambda: fn(**x, delta_softplus=True), lambda: _run(fn, x, g)), traffic):
         ts = []
-        for _ in range(reps + 3):
+        for _ in range(reps + 3):  # 3 warm-up calls
             sync(); t0 = time.perf_counter(); step(); sync(); ts.append(1e3 * (time.perf_counter() - t0))
         res += [sorted(ts[3:])[reps // 2], by / sorted(ts[3:])[reps // 2] / 1e6]
     if g.is_cuda:
         sync(); m0 = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
         out = fn(**x, delta_softplus=True)
         res.append((torch.cuda.memory_allocated() - m0) / 2**20)
-        torch.autograd.grad(out, list(x.values()), g); del out
+        torch.autograd.grad(out, list(x.values()), g)
         res.append((torch.cuda.max_memory_allocated() - m0) / 2**20)
     return res + [float("nan")] * (6 - len(res))
 
 
-def main():
-    cuda = torch.cuda.is_available() and HAS_TRITON and not INTERPRET
+if __name__ == "__main__":
+    cuda, tri = torch.cuda.is_available() and HAS_TRITON and not INTERPRET, lambda **kw: selective_scan(**kw, backend="triton")
     dev, shape = ("cuda", (64, 512, 202, 16)) if cuda else ("cpu", (1, 5, 37, 2))  # cpu: 2 chunks, a partial block
-    print(f"torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else '-'}, "
-          f"{torch.cuda.get_device_name() if cuda else 'no CUDA GPU'}\n")
-    if not cuda:
-        print("NO CUDA GPU: the Triton timings need one and are NOT measured here. Ran instead: the Triton kernel in "
-              "the interpreter against the reference at a tiny shape, and the torch backend against "
-              "selective_scan_naive on CPU.\n")
-    print(f"| {shape}: max err / max ref, ref: torch fp64 | out | du | ddelta | dA | dB | dC | dD | dz | ddelta_bias |\n"
-          + "|---" * 10 + "|")
+    print(f"torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else '-'}, " + (torch.cuda.get_device_name()
+          if cuda else "NO CUDA GPU: Triton timings NOT measured. Instead: the kernel in the interpreter against the "
+          "reference at a tiny shape, and the torch backend against selective_scan_naive on CPU") + "\n")
+    print(f"| {shape} max err / max ref | out | du | ddelta | dA | dB | dC | dD | dz | ddelta_bias |\n" + "|---" * 10 + "|")
     for dtype, det in [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]:
         x, g = _case(*shape, dtype, dev)
         ref = _run(selective_scan_torch, {k: v.detach().double().requires_grad_() for k, v in x.items()}, g.double())
-        err = [(a.double() - r).abs().max() / r.abs().max() for a, r in zip(_run(selective_scan_triton, x, g, deterministic=det), ref)]
+        err = [(a.double() - r).abs().max() / r.abs().max() for a, r in zip(_run(tri, x, g, deterministic=det), ref)]
         print(f"| triton {str(dtype)[6:]}{' deterministic' if det else ''} | " + " | ".join(f"{v:.1e}" for v in err) + " |")
-    fns = dict(triton=(selective_scan_triton, 50), torch=(selective_scan_torch, 50), naive=(selective_scan_naive, 5))
+    fns = dict(triton=(tri, 50), torch=(selective_scan_torch, 50), naive=(selective_scan_naive, 5))
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         fns["mamba_ssm"] = (selective_scan_fn, 50)
     except Exception as e:  # expected without a CUDA build of mamba-ssm (docs/scan.md §3)
         print(f"\nmamba_ssm: no comparison ({type(e).__name__}: {e})")
-    b, ds, dts = (64, (1024, 512), (torch.float32, torch.bfloat16)) if cuda else (4, (256,), (torch.float32,))
+    b, ds, dts = (64, (1024, 512), (torch.float32, torch.bfloat16)) if cuda else (2, (256,), (torch.float32,))
     fns = fns if cuda else dict(torch=(selective_scan_torch, 3), naive=(selective_scan_naive, 3))
     print("\n| b | d | L | dtype | backend | reps | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | act MB | peak MB | "
           "fwd+bwd speedup vs torch |\n" + "|---" * 13 + "|")
@@ -429,7 +398,3 @@ def main():
         for k, r in rows.items():
             print(f"| {b} | {d} | {l} | {str(dtype)[6:]} | {k} | {fns[k][1]} | " + " | ".join(f"{v:.3g}" for v in r)
                   + f" | {rows['torch'][2] / r[2]:.1f}x |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

@@ -560,7 +560,7 @@ def _tri_err(x, g, **kw):
     """max |triton - torch backend in fp64| / max |ref|, for out and the grads of every tensor in x"""
     x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
     ref = ssm_scan._run(selective_scan_torch, x64, g.double(), **{k: v for k, v in kw.items() if k != "deterministic"})
-    got = ssm_scan._run(ssm_scan.selective_scan_triton, x, g, **kw)
+    got = ssm_scan._run(_tri, x, g, **kw)
     assert [t.dtype for t in got] == [x["u"].dtype, *(v.dtype for v in x.values())]
     return [((a.double() - r).abs().max() / r.abs().max()).item() for a, r in zip(got, ref)]
 
@@ -577,26 +577,29 @@ def test_triton_scan_matches_reference(tiny_tiles, dtype, layout, tol):
 @needs_triton
 @pytest.mark.parametrize("case", [dict(drop=("D", "z", "delta_bias"), delta_softplus=False), dict(drop=("z",)),
                                   dict(drop=("D", "delta_bias")), dict(l=3), dict(deterministic=True),
-                                  dict(delta_shift=torch.tensor([25.0, -25.0, 0.0]).repeat(5)[:13])])
+                                  dict(delta_shift=torch.tensor([25.0, -25.0]).repeat(7)[:13]), dict(delta_shift=-5.0)])
 def test_triton_scan_options(tiny_tiles, case):
-    # optional inputs absent, softplus off, L shorter than a chunk, fixed-order dB/dC, softplus's two outer branches
-    # (> 20: identity; e^-25: where log(1 + w) would round to 0)
+    # optional inputs absent, softplus off, L shorter than a chunk, fixed-order dB/dC; softplus above 20 (identity) and
+    # at e^-25, and near mamba's dt init, delta + bias ~ -7 (where log(1 + w) alone is off by ~1e-4). dA gets 1e-4: with
+    # dt = 25, a ~ 0 and h - x (= a h[t-1], the CUDA kernel's trick) cancels to fp32 rounding of x
     kw = {k: case.pop(k) for k in ("delta_softplus", "deterministic") if k in case}
-    assert max(_tri_err(*_tri_inputs(**case), **kw)) < 1e-5
+    tol = 1e-4 if torch.as_tensor(case.get("delta_shift", 0.0)).max() > 20 else 1e-5
+    assert max(_tri_err(*_tri_inputs(**case), **kw)) < tol
 
 
 @needs_triton
 def test_triton_scan_deterministic_and_default_tiles():
-    # the real tiles (2 chunks of 32, a partial block of 32 channels); deterministic=True is bitwise repeatable
+    # the real tiles (2 chunks of 32, a partial block of 32 channels); deterministic=True is bitwise repeatable (trivially
+    # so in the interpreter, which runs atomics in order: the GPU is where it matters)
     x, g = _tri_inputs(b=1, d=5, l=37, n=2)
-    runs = [ssm_scan._run(ssm_scan.selective_scan_triton, x, g, deterministic=True) for _ in range(2)]
+    runs = [ssm_scan._run(_tri, x, g, deterministic=True) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs)) and max(_tri_err(x, g)) < 1e-5
 
 
 @needs_triton
 def test_triton_scan_gradcheck(tiny_tiles):
     x, _ = _tri_inputs(b=1, d=3, l=9, n=2, dtype=torch.float64)  # 3 chunks, 2 channel blocks
-    f = lambda *a: ssm_scan.selective_scan_triton(*a, delta_softplus=True)
+    f = lambda *a: _tri(*a, delta_softplus=True)
     assert torch.autograd.gradcheck(f, tuple(x.values()), fast_mode=True)  # the full Jacobian: ~100 s interpreted
 
 
