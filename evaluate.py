@@ -194,9 +194,10 @@ def draw(curves, res, path, title):
     plt.switch_backend('agg')  # files only, no display needed
     z = sum(res['zero']['mean']) / len(res['zero']['mean'])  # E[y^2]: the zero predictor sits at 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    cmap, x = plt.get_cmap('viridis'), res['positions']
-    styles = [(k, v, dict(color=cmap(i / max(1, len(curves) - 1)) if len(curves) > 1 else 'C0', lw=2)) for i, (k, v) in enumerate(curves.items())]
-    styles += [(n, v, dict(color=f'C{i + 1}', ls='--', lw=1.2)) for i, (n, v) in enumerate(res['baselines'].items())]
+    x, traj = res['positions'], all(k.startswith('step') for k in curves)  # one run's checkpoints get a colour ramp
+    styles = [(k, v, dict(color=plt.cm.viridis(i / max(1, len(curves) - 1)) if traj and len(curves) > 1 else f'C{i}', lw=2))
+              for i, (k, v) in enumerate(curves.items())]
+    styles += [(n, v, dict(color=f'C{(i + (1 if traj else len(curves))) % 10}', ls='--', lw=1.2)) for i, (n, v) in enumerate(res['baselines'].items())]
     for label, v, kw in styles:
         m, se = torch.tensor(v['mean']) / z, torch.tensor(v['se']) / z
         ax.plot(x, m, marker='o' if len(x) == 1 else None, label=label, **kw)
@@ -221,8 +222,7 @@ def write_outputs(rows, prefix, do_plot):
     cell = lambda s: '–' if s is None else f"{s['score']:.3f} ± {1.96 * s['se']:.3f}"
     md = ['| model | ' + ' | '.join(COLUMNS[t] for t in cols) + ' |', '|---' * (len(cols) + 1) + '|']
     md += [f'| {k} | ' + ' | '.join(cell(table[k].get(t)) for t in cols) + ' |' for k in keys]
-    md += ['', 'ICL regression score (paper eq. 1) ± 95% CI over prompts; baselines: ' +
-           ', '.join(sorted({f"{COLUMNS[r['task']]}: {r['score_baseline']}" for r in rows}))]
+    md += ['', 'ICL regression score (paper eq. 1) ± 95% CI; baselines: ' + ', '.join(sorted({f"{COLUMNS[r['task']]}: {r['score_baseline']}" for r in rows}))]
     csv = ['model,' + ','.join(f'{t},{t}_ci95' for t in cols)]
     csv += [k + ',' + ','.join(f"{table[k][t]['score']:.6f},{1.96 * table[k][t]['se']:.6f}" if t in table[k] else ',' for t in cols) for k in keys]
     os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
