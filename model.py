@@ -177,7 +177,8 @@ class MambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())                            # (di, ds), negative: a stable decay
         y = selective_scan(x, dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
                            z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           backend=self.backend)                      # (B, di, T); transposes are views, no copies
+                           backend=self.backend,                      # (B, di, T); transposes are views, no copies
+                           deterministic=torch.are_deterministic_algorithms_enabled())  # fixed-order dB/dC sums on GPU
         return self.out_proj(y.transpose(1, 2))
 
 # -----------------------------------------------------------------------------
