@@ -1162,3 +1162,22 @@ def test_reliability_ddp_hung_rank_times_out(tmp_path):
     err = (tmp_path / "err0.txt").read_text()
     assert re.fullmatch(r"error: process 0 failed at step \d+ .*last checkpoint \S+ \(step \d+\): .*\n", err), err
     assert _state(run)["step"] >= 5
+
+# -----------------------------------------------------------------------------
+# README quick start: run the README's own first command, shortened, so the README cannot rot
+
+def test_readme_quickstart_runs(tmp_path):
+    import re, subprocess, sys
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")).read()
+    section = re.search(r"## Quick start(.*?)\n## ", readme, re.S).group(1)
+    line = next(l for l in section.splitlines() if l.startswith("python train.py"))
+    assert line.count("out/quickstart") == 2  # trains into the directory it then evaluates
+    line = line.replace("out/quickstart", str(tmp_path / "qs"))
+    line = line.replace("python train.py", f"{sys.executable} train.py --max_iters=20 --eval_interval=10 --log_interval=10")
+    line = line.replace("python evaluate.py", f"{sys.executable} evaluate.py --n_prompts=64")
+    r = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.abspath(__file__)), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = os.listdir(tmp_path / "qs")
+    assert "ckpt.pt" in files and any(f.endswith(".png") for f in files) and any(f.startswith("eval_") and f.endswith(".json") for f in files)
+    assert re.search(r"score vs \w+ -?\d", r.stdout + r.stderr)
