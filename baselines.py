@@ -28,7 +28,7 @@ def least_squares(xs, ys, xq=None, tol=1e-10):
     B, N, d = xs.shape
     X, Y, Q = xs.double(), ys.double(), xq.double()
     w, preds = X.new_zeros(B, d, Y.shape[-1]), Y.new_zeros(Y.shape)  # current solution; outputs
-    Pi = torch.eye(d, dtype=X.dtype).repeat(B, 1, 1)  # projector onto the complement of span(x_<i)
+    Pi = torch.eye(d, dtype=X.dtype, device=X.device).repeat(B, 1, 1)  # projector onto the complement of span(x_<i)
     P = X.new_zeros(B, d, d)                           # (X^T X)^+ on that span
     for i in range(N - 1):
         a = X[:, i, :, None]                                  # (B, d, 1) the new point
@@ -95,14 +95,13 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
     style active set on G = X^T X: for active set A with signs s the optimum is H (c_A - lam s), H = inv(G_AA)
     kept by rank-one updates. Each step goes to the first sign change and drops it, or adds the worst KKT
     violator. Warm-started from the previous prefix, most fits take one or two steps. float64."""
-    xq = xs if xq is None else xq
-    (B, N, d), Yd = xs.shape, ys.shape[-1]
+    xq, (B, N, d), Yd = xs if xq is None else xq, xs.shape, ys.shape[-1]
     M = B * Yd  # every y dim is its own fit
     X, Q = xs.double().repeat_interleave(Yd, 0), xq.double().repeat_interleave(Yd, 0)  # (M, N, d)
     Yv = ys.double().transpose(1, 2).reshape(M, N)
     G, H = X.new_zeros(M, d, d), X.new_zeros(M, d, d)  # Gram; inverse of G on the active set (0 elsewhere)
     c, w, th = X.new_zeros(M, d), X.new_zeros(M, d), X.new_zeros(M, d)  # X^T y; solution; signs (0: inactive)
-    preds, eye, inf = X.new_zeros(M, N), torch.eye(d, dtype=X.dtype), math.inf
+    preds, eye, inf = X.new_zeros(M, N), torch.eye(d, dtype=X.dtype, device=X.device), math.inf
     for n in range(1, N):
         x = X[:, n - 1]
         G.addcmul_(x[:, :, None], x[:, None, :])
@@ -112,7 +111,7 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
         lam = alpha * n  # sklearn's 1/(2n) scaling moved onto the penalty
         Hs, Gs, ws, cs, ts, idx = H, G, w, c, th, None  # the working set: everyone, then the unfinished rows
         for it in range(max_iter):
-            ar, act = torch.arange(len(ws)), ts != 0
+            ar, act = torch.arange(len(ws), device=X.device), ts != 0
             z = torch.bmm(Hs, (cs - lam * ts)[:, :, None])[:, :, 0]  # optimum for the current signs
             bad = (z * ts <= 0) & act
             anybad = bad.any(1)
@@ -126,10 +125,11 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
             Hg[add] = torch.bmm(Hs[add], gcol[add, :, None])[:, :, 0]  # only the rows that add need it
             ray = add & (gjj - (gcol * Hg).sum(1) <= 1e-9 * gjj)
             if ray.any():
-                # the new column is in the span of the active ones (|A| = rank, common at i < d): the fixed-sign
-                # objective falls without bound along the null direction u; slide until an active weight hits 0, swap
+                # column j is in the span of the active ones (common at i < d): slide along the null direction u, where
+                # the fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
                 u = thj[:, None] * (eye[jadd] - Hg)
                 tau, kswap = torch.where(act & (ws * u < 0), -ws / u, inf).min(1)
+                ray &= tau.isfinite()  # always true in exact arithmetic (the objective is bounded below)
                 ws.add_(torch.where(ray, tau, 0.)[:, None] * u)
                 jdrop = torch.where(ray, kswap, jdrop)
             drop = anybad | ray

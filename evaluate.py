@@ -34,6 +34,7 @@ task = ''             # '' = the task each run was trained on; a task name = cro
 ood = ''              # '' | 'all' | comma list of tasks.OOD_VARIANTS (linear regression only)
 baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES names, or lasso_sweep
 baseline_run = ''     # a trained run as the score's baseline (paper: GPT-2 for decision_tree, Mamba for sparse_parity)
+score_vs = ''         # '' = the paper's baseline of the task; or any baselines.BASELINES name (e.g. least_squares on sparse linear)
 all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training trajectories, paper Figs. 4-6)
 plot = True           # write the PNGs
 out = ''              # path prefix for the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
@@ -62,7 +63,7 @@ def parse_args(argv):
     cfg['variants'] = [v for v in (tasks.OOD_VARIANTS if cfg['ood'] == 'all' else filter(None, cfg['ood'].split(','))) if v != 'standard']
     cfg['extra'] = [b for name in filter(None, cfg['baselines'].split(',')) for b in
                     ([f'lasso_{a:g}' for a in LASSO_ALPHAS] if name == 'lasso_sweep' else [name])]
-    bad_v, bad_b = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS)), sorted(set(cfg['extra']) - set(BASELINES))
+    bad_v, bad_b = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS)), sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
     for bad, msg in ((not runs, "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...]"),
                      (cfg['n_prompts'] < 2 or cfg['batch_size'] < 1, "n_prompts must be >= 2 and batch_size >= 1"),
                      (cfg['task'] not in ('', *tasks.TASK_NAMES), f"unknown task {cfg['task']!r}; tasks are {', '.join(tasks.TASK_NAMES)}"),
@@ -144,7 +145,7 @@ def evaluate_run(run, cfg, cache):
     n_dims, n_pts, tkw = rc['n_dims'], rc['n_points'], {k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}
     if cfg['variants'] and task != 'linear_regression':
         raise UserError(f"the OOD suite is defined for linear regression; add --task=linear_regression to evaluate this {task} run on it")
-    base = PAPER_BASELINE[task]
+    base = cfg['score_vs'] or PAPER_BASELINE[task]
     if base == 'model':
         base = 'model:' + os.path.basename(os.path.normpath(cfg['baseline_run'])) if cfg['baseline_run'] else FALLBACK[task]
         if not cfg['baseline_run']:
@@ -153,10 +154,9 @@ def evaluate_run(run, cfg, cache):
     for variant in [''] + cfg['variants']:
         key = (task, variant, n_pts, n_dims, tuple(sorted(tkw.items())), cfg['seed'], cfg['n_prompts'])
         if key not in cache:
-            p = make_prompts(task, variant, n_pts, n_dims, tkw, cfg)
-            cache[key] = dict(prompts=p, zero=sq_err(torch.zeros_like(p[3]), p[3], task))
+            cache[key] = dict(prompts=make_prompts(task, variant, n_pts, n_dims, tkw, cfg))
         c = cache[key]
-        for name in (n for n in names if n not in c):
+        for name in (n for n in ['zero', *names] if n not in c):
             fn = partial(model_predict, build_model(find_ckpts(cfg['baseline_run'], False)[-1], task, n_dims, n_pts, cfg['device'])[0]) \
                 if name.startswith('model:') else BASELINES[name]
             try:
@@ -171,7 +171,7 @@ def evaluate_run(run, cfg, cache):
             r['ckpts'].append(dict(step=step, file=os.path.basename(path), **curve(err), score=score(err, r['c']['zero'], r['c'][base])))
     rows = []
     for variant, r in results.items():
-        c, tag = r['c'], '_'.join(filter(None, [task, variant]))
+        c, tag = r['c'], '_'.join(filter(None, [task, variant, cfg['score_vs'] and 'vs_' + base]))
         res = dict(run=run, arch=rc.get('arch', '?'), trained_task=rc['task'], task=task, variant=variant or 'standard',
                    n_prompts=cfg['n_prompts'], n_points=n_pts, n_dims=n_dims, seed=cfg['seed'], score_baseline=base,
                    positions=list(range(n_pts))[-c['zero'].shape[1]:], score=r['ckpts'][-1]['score'], zero=curve(c['zero']),

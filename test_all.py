@@ -615,7 +615,6 @@ def test_triton_scan_dispatch(monkeypatch):
 import json as _json, subprocess as _subprocess, sys as _sys
 import baselines
 import evaluate
-from model import ICLModel, ModelConfig
 
 _EV_ROOT = os.path.dirname(os.path.abspath(__file__))
 _EV_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny work: one thread is fastest and never oversubscribes shared cores
@@ -783,8 +782,10 @@ def test_evaluate_writes_curves_scores_plots_and_table(tmp_path):
     md = open(tmp_path / "cmp" / "table.md").read()
     assert "| runA |" in md and "| runB |" in md and "Sparse Parity" in md and "–" in md  # two gpt2 runs: rows by run name
     assert open(tmp_path / "cmp" / "table.csv").read().startswith("model,linear_regression,linear_regression_ci95")
-    # the same prompts for every run: two identical models give identical curves
+    # the same prompts for every run
     assert _json.load(open(os.path.join(base, "eval_linear_regression.json")))["zero"] == res["zero"]
+    evaluate.main([run, "--n_prompts=96", "--score_vs=averaging", "--plot=False"])  # another baseline for the score: its own file
+    assert _json.load(open(os.path.join(run, "eval_linear_regression_vs_averaging.json")))["baselines"]["averaging"]["score"]["score"] == 1.0
 
 
 def test_evaluate_end_to_end_after_train(tmp_path):
