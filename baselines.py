@@ -121,7 +121,7 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
             done, add = ~anybad & (vmax <= 0), ~anybad & (vmax > 0)
             ws.copy_(torch.where(anybad[:, None], ws + t.clamp(0, 1)[:, None] * (z - ws), z))
             gjj, thj = Gs[ar, jadd, jadd], -torch.sign(g[ar, jadd])
-            gcol, Hg = Gs[ar, :, jadd] * act, torch.zeros_like(ws)
+            gcol, Hg = Gs[ar, jadd] * act, torch.zeros_like(ws)  # row j = column j: G and H are symmetric
             Hg[add] = torch.bmm(Hs[add], gcol[add, :, None])[:, :, 0]  # only the rows that add need it
             ray = add & (gjj - (gcol * Hg).sum(1) <= 1e-9 * gjj)
             if ray.any():
@@ -135,11 +135,11 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
             drop = anybad | ray
             if drop.any():  # H loses row/column j: H - H[:, j] H[j, :] / H[j, j]
                 r, j = ar[drop], jdrop[drop]
-                ws[r, j], ts[r, j] = 0., 0.
-                v = Hs[r, :, j]
-                Hs[r] -= v[:, :, None] * (v / Hs[r, j, j][:, None])[:, None, :]
-                Hs[r, j, :], Hs[r, :, j] = 0., 0.
-                gcol = Gs[ar, :, jadd] * (ts != 0)
+                ws[r, j], ts[r, j], Hr, keep = 0., 0., Hs[r], 1. - eye[j]
+                v = Hr[torch.arange(len(r), device=X.device), j]  # (|r|, d)
+                Hr -= v[:, :, None] * (v / v.gather(1, j[:, None]))[:, None, :]
+                Hs[r] = Hr * keep[:, :, None] * keep[:, None, :]
+                gcol = Gs[ar, jadd] * (ts != 0)
                 Hg[add] = torch.bmm(Hs[add], gcol[add, :, None])[:, :, 0]
             if add.any():  # bordered inverse: H + v v^T / s with v = e_j - H g_j, s = G_jj - g_j^T H g_j
                 r, j = ar[add], jadd[add]
