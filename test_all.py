@@ -61,9 +61,11 @@ def test_scan_reference_matches_naive_fp32(opts):
     g = torch.randn_like(outs[0])
     wrt = [v for k, v in x.items() if kw.get(k) is not None]
     grads = [torch.autograd.grad(o, wrt, g) for o in outs]
-    assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    # softplus off lets dt go negative, so states grow (to ~1e6 here): tolerances relative to the scale
+    close = lambda a, b, tol: torch.allclose(a, b, rtol=tol, atol=tol * b.abs().max().item())
+    assert close(outs[0], outs[1], 1e-5)
     for a, b in zip(*grads):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+        assert close(a, b, 1e-4)
 
 
 def test_scan_bf16_and_strided_inputs():
