@@ -28,8 +28,7 @@ Backends
 - "auto": triton for CUDA tensors when triton imports, else torch. SSM_SCAN_BACKEND=torch|triton
   overrides "auto" for A/B checks.
 
-`selective_scan_naive` is the straightforward per-timestep loop most reference code uses (plain
-autograd, index slicing). It is the oracle in tests and the "before" column of the benchmark.
+`selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle and the benchmark's baseline.
 
 `python ssm_scan.py` checks triton against the reference and prints a timing table.
 """
@@ -111,17 +110,17 @@ class _ScanTorch(torch.autograd.Function):
         return du, ddt, dA, dB, dC
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The pure-PyTorch backend. Accepts any strides; returns u's dtype."""
+def _reference(recurrence, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    """what both torch scans share: fp32 math (fp64 kept for gradcheck), bias and softplus before the
+    recurrence, the D skip and the z gate after it. `recurrence(u, dt, A, B, C)` -> y, all (b, ., l)."""
     dtype_in = u.dtype
-    acc = torch.promote_types(torch.float32, dtype_in)  # fp32 math, fp64 kept for gradcheck
-    u, delta, B, C = u.to(acc), delta.to(acc), B.to(acc), C.to(acc)
+    acc = torch.promote_types(torch.float32, dtype_in)
+    u, delta, A, B, C = (t.to(acc) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(acc)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)  # log(1 + e^x), identity above 20 like mamba's kernel
-    tm = lambda x: x.permute(2, 0, 1).contiguous()  # (b, ., l) -> time-major (l, b, .)
-    y = _ScanTorch.apply(tm(u), tm(delta), A.to(acc), tm(B), tm(C)).permute(1, 2, 0)  # (b, d, l)
+    y = recurrence(u, delta, A, B, C)
     if D is not None:
         y = y + D.to(acc)[:, None] * u
     if z is not None:
@@ -129,30 +128,31 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return y.to(dtype_in)
 
 
-def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The straightforward reference (mamba's selective_scan_ref, mamba-minimal): materialise
-    exp(dt*A) and dt*B*u as (b, d, l, n), loop over time with index slicing, plain autograd.
-    Correct and simple, but O(b*d*l*n) saved activations and an O(l^2) backward."""
-    dtype_in = u.dtype
-    acc = torch.promote_types(torch.float32, dtype_in)
-    u, delta, A, B, C = u.to(acc), delta.to(acc), A.to(acc), B.to(acc), C.to(acc)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(acc)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    dA = torch.exp(torch.einsum('bdl,dn->bdln', delta, A))
-    dBu = torch.einsum('bdl,bnl,bdl->bdln', delta, B, u)
+def _chunked(u, dt, A, B, C):
+    tm = lambda x: x.permute(2, 0, 1).contiguous()  # (b, ., l) -> time-major (l, b, .)
+    return _ScanTorch.apply(tm(u), tm(dt), A, tm(B), tm(C)).permute(1, 2, 0)  # (b, d, l)
+
+
+def _naive(u, dt, A, B, C):
+    dA = torch.exp(torch.einsum('bdl,dn->bdln', dt, A))
+    dBu = torch.einsum('bdl,bnl,bdl->bdln', dt, B, u)
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
     ys = []
     for i in range(u.shape[2]):
         h = dA[:, :, i] * h + dBu[:, :, i]
         ys.append(torch.einsum('bdn,bn->bd', h, C[:, :, i]))
-    y = torch.stack(ys, dim=2)
-    if D is not None:
-        y = y + D.to(acc)[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.to(acc))
-    return y.to(dtype_in)
+    return torch.stack(ys, dim=2)
+
+
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The pure-PyTorch backend. Accepts any strides; returns u's dtype."""
+    return _reference(_chunked, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """mamba's selective_scan_ref / mamba-minimal: (b, d, l, n) tensors, a time loop with index slicing,
+    plain autograd. Correct and simple, but O(b*d*l*n) saved activations and an O(l^2) backward."""
+    return _reference(_naive, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 # -----------------------------------------------------------------------------
 # Triton kernel (forward + backward)
