@@ -42,9 +42,10 @@ import torch.nn.functional as F
 # -----------------------------------------------------------------------------
 # pure-PyTorch reference
 
-def _chunk_len(b, d, n, l):
-    # time steps per chunk: keep each (T, b, d, n) work buffer around 16M elements (64 MB in fp32)
-    return max(1, min(l, (1 << 24) // max(1, b * d * n)))
+def _chunk_len(b, d, n, l, cuda=False):
+    # time steps per chunk. CPU: ~1M elements (4 MB in fp32), so a chunk's (T, b, d, n) buffers stay in
+    # L2/L3 between the passes over them: 1.5x faster than 16M for a small Mamba. GPU: 16M, fewer launches.
+    return max(1, min(l, (1 << (24 if cuda else 20)) // max(1, b * d * n)))
 
 
 def _states(h, dA, dBu, out):
@@ -63,7 +64,7 @@ class _ScanTorch(torch.autograd.Function):
     def forward(ctx, u, dt, A, B, C):
         l, b, d = u.shape
         n = A.shape[1]
-        T = _chunk_len(b, d, n, l)
+        T = _chunk_len(b, d, n, l, u.is_cuda)
         y = u.new_empty(l, b, d)
         h = u.new_zeros(b, d, n)
         h0 = []  # state entering each chunk: all the backward needs to recompute the chunk
@@ -82,7 +83,7 @@ class _ScanTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         u, dt, A, B, C, *h0 = ctx.saved_tensors
-        l, b, d = u.shape
+        (l, b, d), n = u.shape, A.shape[1]
         T = ctx.T
         gy = gy.contiguous()
         du, ddt, dB, dC = torch.empty_like(u), torch.empty_like(dt), torch.empty_like(B), torch.empty_like(C)
@@ -95,7 +96,8 @@ class _ScanTorch(torch.autograd.Function):
             dBu = (dt[s:e] * u[s:e])[..., None] * B[s:e, :, None, :]
             hs = torch.empty_like(dAc)
             _states(h0[c], dAc, dBu, hs)                                   # recompute, don't store
-            dC[s:e] = torch.einsum('tbd,tbdn->tbn', gy[s:e], hs)
+            bmv = lambda v, m: (v.flatten(0, 1)[:, None, :] @ m.flatten(0, 1)).view(e - s, b, n)  # sum_d v*m
+            dC[s:e] = bmv(gy[s:e], hs)          # bmm and mul-then-sum below: einsum copies here, ~3x slower on CPU
             dh = gy[s:e, :, :, None] * C[s:e, :, None, :]                  # direct grad into h[t]
             for t in reversed(range(e - s)):                               # dh[t] = gh[t] + a[t+1] dh[t+1]
                 dh[t] += carry
@@ -104,9 +106,9 @@ class _ScanTorch(torch.autograd.Function):
             w = dh * hs                                                    # (T, b, d, n)
             dhB = (dh.flatten(0, 1) @ B[s:e].flatten(0, 1)[..., None]).view(e - s, b, d)  # sum_n dh*B
             du[s:e] = dt[s:e] * dhB
-            ddt[s:e] = u[s:e] * dhB + torch.einsum('tbdn,dn->tbd', w, A)
-            dA += torch.einsum('tbdn,tbd->dn', w, dt[s:e])
-            dB[s:e] = torch.einsum('tbdn,tbd->tbn', dh, dt[s:e] * u[s:e])
+            ddt[s:e] = u[s:e] * dhB + (w * A).sum(-1)
+            dA += w.mul_(dt[s:e, :, :, None]).sum((0, 1))
+            dB[s:e] = bmv(dt[s:e] * u[s:e], dh)
         return du, ddt, dA, dB, dC
 
 

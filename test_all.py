@@ -47,7 +47,7 @@ def test_scan_reference_matches_per_element_loop():
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_scan_reference_gradcheck(monkeypatch, chunk):
     if chunk:  # force several chunks so the state and adjoint carries across chunk borders are exercised
-        monkeypatch.setattr(ssm_scan, "_chunk_len", lambda b, d, n, l: chunk)
+        monkeypatch.setattr(ssm_scan, "_chunk_len", lambda b, d, n, l, cuda=False: chunk)
     x = {k: v.requires_grad_() for k, v in _scan_inputs(l=8).items()}
     f = lambda *a: selective_scan_torch(*a, delta_softplus=True)
     assert torch.autograd.gradcheck(f, tuple(x.values()))
