@@ -426,6 +426,19 @@ def test_train_config_loader(tmp_path):
             train.validate(train.load_config([f"configs/{arch}.py", f"configs/{task}.py"])[0])
 
 
+def test_study_configs_stand_alone_and_the_study_script_runs_each_once():
+    # RESULTS.md promises `python train.py configs/study/<run>.py` reproduces each run, and results/study.sh trains them all
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs", "study")) if f.endswith(".py"))
+    script = open(os.path.join(ROOT, "results", "study.sh")).read()
+    assert len(names) >= 10
+    for name in names:
+        cfg = train.load_config([f"configs/study/{name}.py"])[0]
+        assert cfg["out_dir"] == f"out/study/{name}", name
+        ICLModel(train.validate(cfg))  # valid, and the small sizes build
+        assert script.count(f"$C/{name}.py") == 1, f"results/study.sh must train {name} exactly once"
+    assert set(re.findall(r"\$C/(\w+)\.py", script)) == set(names)
+
+
 def test_train_overfits_fixed_batch(tmp_path, monkeypatch, one_thread):
     # the same 8 prompts every step: a working loop memorises them
     fixed = train.get_batch  # before patching

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The CPU-scale study of RESULTS.md: trains every run in configs/study/ and evaluates them.
+#     bash results/study.sh            # train (two lanes of one-thread jobs for a 2-core machine), then evaluate
+#     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
+# Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are skipped.
+# Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1                        # one thread per job: two jobs fill two cores without thrashing
+mkdir -p out/study
+
+train() {  # train the given configs one after the other, resuming any that has a checkpoint
+    for cfg in "$@"; do
+        name=$(basename "$cfg" .py)
+        if [ -f "out/study/$name/ckpt.pt" ]; then resume=--resume=True; else resume=; fi
+        python train.py "$cfg" $resume
+    done
+}
+
+if [ "${1:-}" != eval ]; then
+    C=configs/study
+    # two lanes of roughly equal CPU time (single-thread steps/s in RESULTS.md)
+    train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/parity_mamba.py \
+          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py > out/study/laneA.log 2>&1 &
+    train $C/parity_d6_mamba.py $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py \
+          $C/mqar_gpt2.py $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/mqar_llama_mamba.py \
+          $C/ablation_quirks_s1338.py $C/ablation_clean_s1337.py > out/study/laneB.log 2>&1 &
+    wait
+fi
+
+S=out/study
+# 1-3 and 5: one Table-3-style score table of every experiment (sparse parity is scored against the trained
+# Mamba, as in the paper), and one figure per task with every run's error curve
+python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_* --baseline_run=$S/parity_mamba --out=results/table
+# 2, easier variant: d = 6 parity (Mamba only; scored against the Bayes-optimal subset enumeration)
+python evaluate.py $S/parity_d6_mamba
+# 1: the equal-steps view (every checkpoint of the linear runs: transformers 5000 steps, Mamba family 2000)
+python evaluate.py $S/linear_* --all_ckpts=True --plot=False
+# 4: the ablation, its own table
+python evaluate.py $S/ablation_* --out=results/ablation
