@@ -22,7 +22,7 @@ n_head = 8
 # optimizer: Adam, constant lr 1e-3 (paper 2e-4), batch 64
 learning_rate = 1e-3
 batch_size = 64
-max_iters = 1500
+max_iters = 1200
 seed = 1337
 ckpt_interval = 500
 keep_every = 500

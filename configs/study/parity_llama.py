@@ -23,7 +23,7 @@ n_head = 4
 # optimizer: Adam, constant lr 1e-3 (paper 4e-4), batch 64; paper 200k steps
 learning_rate = 1e-3
 batch_size = 64
-max_iters = 2000
+max_iters = 1500
 seed = 1337
 ckpt_interval = 500
 keep_every = 500
