@@ -1130,6 +1130,23 @@ def _wait_for_rows(run, rows, procs, timeout=120):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_reliability_oom_mid_run_is_one_line_and_resumable(tmp_path, monkeypatch, one_thread):
+    # running out of memory at step 7 (a longer curriculum stage, a bigger eval): one line naming it, the step-6 checkpoint intact
+    real, calls = train.icl_loss, []
+    def oom(pred, ys, task):
+        calls.append(1)
+        if len(calls) == 8:  # the step-0 held-out loss, then steps 0..6 train
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pred, ys, task)
+    monkeypatch.setattr(train, "icl_loss", oom)
+    with pytest.raises(train.UserError, match=r"failed at step 7 \(out of memory: try a smaller micro_batch_size\); "
+                                              r"last checkpoint .*ckpt\.pt \(step 6\): CUDA out of memory"):
+        _run(tmp_path / "r", "--ckpt_interval=2", "--eval_interval=1000", "--max_iters=10")
+    assert train.load_checkpoint(str(tmp_path / "r" / "ckpt.pt"))["step"] == 6
+    monkeypatch.setattr(train, "icl_loss", real)
+    assert _run(tmp_path / "r", "--ckpt_interval=2", "--eval_interval=1000", "--max_iters=10", "--resume=True") == 10
+
+
 def test_reliability_ddp_dead_rank_takes_the_job_down(tmp_path):
     """torchrun, 2 gloo ranks: rank 1 is SIGKILLed mid-run; the job ends (non-zero, with a message) instead of hanging,
     and the last checkpoint is intact"""

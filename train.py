@@ -371,9 +371,9 @@ def main(argv):
                     wandb.log(row, step=step)
             if save:
                 checkpoint()
-    except (RuntimeError if ddp else ()) as e:  # a peer died or hung past ddp_timeout: fail with a message, don't hang
-        raise UserError(f"process {rank} failed at step {step} (did another process die or hang? see its output); last "
-                        f"checkpoint {ckpt_path} (step {good_step}): {_oneline(e)}")
+    except (RuntimeError if ddp else torch.OutOfMemoryError) as e:  # OOM mid-run; DDP: a peer died or hung past ddp_timeout
+        why = 'out of memory: try a smaller micro_batch_size' if isinstance(e, torch.OutOfMemoryError) else 'did another process die or hang? see its output'
+        raise UserError(f"process {rank} failed at step {step} ({why}); last checkpoint {ckpt_path} (step {good_step}): {_oneline(e)}")
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
