@@ -21,10 +21,10 @@ if [ "${1:-}" != eval ]; then
     C=configs/study
     # two lanes of roughly equal CPU time (single-thread steps/s in RESULTS.md)
     train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/parity_mamba.py \
-          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py > out/study/laneA.log 2>&1 &
+          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py $C/ablation_clean_s1337.py > out/study/laneA.log 2>&1 &
     train $C/parity_d6_mamba.py $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py \
           $C/mqar_gpt2.py $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/mqar_llama_mamba.py \
-          $C/ablation_quirks_s1338.py $C/ablation_clean_s1337.py > out/study/laneB.log 2>&1 &
+          $C/ablation_quirks_s1338.py > out/study/laneB.log 2>&1 &
     wait
 fi
 
@@ -36,5 +36,21 @@ python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_
 python evaluate.py $S/parity_d6_mamba
 # 1: the equal-steps view (every checkpoint of the linear runs: transformers 5000 steps, Mamba family 2000)
 python evaluate.py $S/linear_* --all_ckpts=True --plot=False
+python - <<'PY'  # score against training step, one line per architecture: results/linear_score_vs_step.png
+import glob, json, matplotlib
+matplotlib.use('agg')
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(6.4, 4))
+for path in sorted(glob.glob('out/study/linear_*/eval_linear_regression.json')):
+    r = json.load(open(path))
+    pts = [(c['step'], c['score']['score'], 1.96 * c['score']['se']) for c in r['checkpoints']]
+    print(r['arch'].ljust(12), '  '.join(f'step {s}: {v:.3f} ± {e:.3f}' for s, v, e in pts))
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=2, label=r['arch'])
+ax.axhline(1, color='gray', ls=':', lw=1)
+ax.set(xlabel='training step', ylabel='ICL score vs least squares (95% CI)', title='Linear regression, d = 5: score by step')
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig('results/linear_score_vs_step.png', dpi=110)
+PY
 # 4: the ablation, its own table
 python evaluate.py $S/ablation_* --out=results/ablation
