@@ -3,12 +3,9 @@ Baselines for in-context regression (docs/paper.md §5, docs/predecessors.md §1
 context prefixes in torch: the reference refits sklearn once per prompt per prefix, here one tensor program
 does all B * N fits. Same contract as a model: preds = fn(xs, ys, xq=None, **kw), (B, N, d) x (B, N, y_dim)
 -> (B, N, y_dim), where preds[:, i] is fitted on the pairs 0..i-1 only and evaluated at the query xq[:, i]
-(default: x_i itself), and preds[:, 0] = 0 (no context yet).
+(default: x_i itself), and preds[:, 0] = 0 (no context yet; parity_prior, which ignores the context, excepted).
 """
-import importlib
-import itertools
-import math
-import warnings
+import importlib, itertools, math, warnings
 from functools import partial
 
 import torch
@@ -74,16 +71,17 @@ def retrieval_dict(xs, ys, xq=None):
     preds[:, 0] = 0
     return preds
 
-def parity_bayes(xs, ys, xq=None, k=2):
-    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained Mamba):
-    # the mean parity at the query over the k-subsets that agree with every context pair (45 at d=10, k=2)
+def parity_bayes(xs, ys, xq=None, k=2, context=True):
+    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained Mamba): the mean
+    # parity at the query over the k-subsets that agree with every context pair (45 at d=10, k=2). context=False
+    # ('parity_prior') averages over all subsets: the best guess without ICL, MSE 1 - 1/C(d,k) at every position
     xq = xs if xq is None else xq
     subsets = torch.tensor(list(itertools.combinations(range(xs.shape[-1]), k)), device=xs.device)  # (H, k)
     hyp = xs[..., subsets].prod(-1)                                           # (B, N, H) each hypothesis' y
-    ok = (hyp == ys).to(xs.dtype).cumprod(1)                                  # consistent with pairs <= j
+    ok = (hyp == ys).to(xs.dtype).cumprod(1) if context else torch.ones_like(hyp)  # consistent with pairs <= j
     ok = torch.cat([torch.ones_like(ok[:, :1]), ok[:, :-1]], dim=1)           # ... with pairs < i
     preds = (xq[..., subsets].prod(-1) * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp(min=1)
-    preds[:, 0] = 0  # the contract (no context, no guess), though the prior mean would be the Bayes answer
+    preds[:, 0] *= not context  # the contract (no context, no guess), though the prior mean would be the Bayes answer
     return preds
 
 # -----------------------------------------------------------------------------
@@ -234,7 +232,7 @@ def model_predict(model, xs, ys, xq=None):
 LASSO_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)  # the reference configs' "lasso_set" (Garg's sweep)
 BASELINES = dict(
     zero=zero, least_squares=least_squares, averaging=averaging, knn=knn, retrieval_dict=retrieval_dict,
-    parity_bayes=parity_bayes, lasso=lasso, **{f'lasso_{a:g}': partial(lasso, alpha=a) for a in LASSO_ALPHAS},
+    parity_bayes=parity_bayes, parity_prior=partial(parity_bayes, context=False), lasso=lasso, **{f'lasso_{a:g}': partial(lasso, alpha=a) for a in LASSO_ALPHAS},
     gd_mlp=gd_mlp, gd_mlp_ref=partial(gd_mlp, steps=100, batch_size=100),
     lasso_sklearn=partial(per_fit, partial(_make, 'lasso', alpha=1e-3, fit_intercept=False, max_iter=100000)),
     decision_tree=partial(per_fit, partial(_make, 'tree', max_depth=4, random_state=0)),  # Garg's greedy tree
@@ -247,4 +245,4 @@ FALLBACK = dict(decision_tree='knn', sparse_parity='parity_bayes')  # when no tr
 # the curves drawn next to a model's, per task (like Garg's plots)
 PLOT_BASELINES = dict(linear_regression=('least_squares', 'averaging', 'knn'), sparse_linear_regression=('lasso', 'least_squares', 'knn'),
                       relu2nn_regression=('gd_mlp', 'least_squares', 'knn'), decision_tree=('knn', 'least_squares', 'averaging'),
-                      sparse_parity=('parity_bayes', 'least_squares'), mqar=('retrieval_dict',))
+                      sparse_parity=('parity_bayes', 'parity_prior'), mqar=('retrieval_dict',))

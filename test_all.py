@@ -737,6 +737,15 @@ def test_retrieval_dict_exact_on_mqar_and_parity_bayes_learns():
     assert err[0] == 1 and err[-10:].max() < 0.05  # 45 hypotheses: a couple of dozen pairs pin the subset down
 
 
+def test_parity_prior_ignores_the_context_and_has_the_analytic_error():
+    # the mean parity over all 45 subsets: products of distinct pairs are uncorrelated, so MSE = 1 - 1/45 everywhere
+    xs, ys = _ev_prompts("sparse_parity", 2000, 8, 10)
+    p = baselines.BASELINES["parity_prior"](xs, ys)
+    assert torch.equal(p, baselines.parity_bayes(xs, -ys, context=False))  # the labels play no part
+    err = (p - ys).pow(2).mean((0, 2))
+    assert p[:, 0].abs().sum() > 0 and (err - (1 - 1 / 45)).abs().max() < 0.01, err
+
+
 @pytest.mark.parametrize("name", ["zero", "least_squares", "averaging", "knn", "retrieval_dict", "parity_bayes", "lasso", "gd_mlp"])
 def test_baselines_are_causal(name):
     kw = dict(steps=5, hidden=8) if name == "gd_mlp" else {}
