@@ -21,7 +21,8 @@ if [ "${1:-}" != eval ]; then
     C=configs/study
     # two lanes of roughly equal CPU time (single-thread steps/s in RESULTS.md)
     train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/parity_mamba.py \
-          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py $C/ablation_clean_s1337.py > out/study/laneA.log 2>&1 &
+          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py $C/ablation_clean_s1337.py \
+          $C/mqar_llama_long.py > out/study/laneA.log 2>&1 &
     train $C/parity_d6_mamba.py $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py \
           $C/mqar_gpt2.py $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/mqar_llama_mamba.py \
           $C/ablation_quirks_s1338.py > out/study/laneB.log 2>&1 &
@@ -31,7 +32,9 @@ fi
 S=out/study
 # 1-3 and 5: one Table-3-style score table of every experiment (sparse parity is scored against the trained
 # Mamba, as in the paper), and one figure per task with every run's error curve
-python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_* --baseline_run=$S/parity_mamba --out=results/table
+python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_{gpt2,llama,mamba,llama_mamba} --baseline_run=$S/parity_mamba --out=results/table
+# 3, follow-up: Llama on MQAR for 3000 steps
+python evaluate.py $S/mqar_llama_long --all_ckpts=True
 # 2, easier variant: d = 6 parity (Mamba only; scored against the Bayes-optimal subset enumeration)
 python evaluate.py $S/parity_d6_mamba
 # 1: the equal-steps view (every checkpoint of the linear runs: transformers 5000 steps, Mamba family 2000)

@@ -1,0 +1,31 @@
+# CPU-scale study, experiment 3, follow-up: Llama on vector MQAR for 3000 steps instead of 1200 (did it fail, or was it late?)
+# Reproduce: python train.py configs/study/mqar_llama_long.py   (RESULTS.md)
+# architecture switches as in configs/llama.py; the size is the study's (below)
+arch = 'llama'
+norm = 'rmsnorm'
+pos = 'rope'
+attn = 'llama'
+ffn = 'swiglu'
+mamba_embed = False
+layer_pattern = 'A'
+expand = 4
+# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one query, loss on
+# the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the query (34 tokens, paper 130)
+task = 'mqar'
+n_dims = 20
+n_points = 17
+curriculum = False
+# model: the paper's own MQAR size, E = 128, 2 blocks, 8 heads
+n_layer = 2
+n_embd = 128
+n_head = 8
+# optimizer: Adam, constant lr 1e-3 (paper 2e-4), batch 64
+learning_rate = 1e-3
+batch_size = 64
+max_iters = 3000
+seed = 1337
+ckpt_interval = 500
+keep_every = 500
+eval_interval = 250
+log_interval = 50
+out_dir = 'out/study/mqar_llama_long'
