@@ -81,7 +81,8 @@ def parity_bayes(xs, ys, xq=None, k=2, context=True):
     ok = (hyp == ys).to(xs.dtype).cumprod(1) if context else torch.ones_like(hyp)  # consistent with pairs <= j
     ok = torch.cat([torch.ones_like(ok[:, :1]), ok[:, :-1]], dim=1)           # ... with pairs < i
     preds = (xq[..., subsets].prod(-1) * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp(min=1)
-    preds[:, 0] *= not context  # the contract (no context, no guess), though the prior mean would be the Bayes answer
+    if context:
+        preds[:, 0] = 0  # the contract (no context, no guess), though the prior mean would be the Bayes answer
     return preds
 
 # -----------------------------------------------------------------------------
