@@ -53,6 +53,21 @@ def test_scan_reference_gradcheck(monkeypatch, chunk):
     assert torch.autograd.gradcheck(f, tuple(x.values()))
 
 
+def test_scan_reference_keeps_only_chunk_start_states(monkeypatch):
+    # the backward recomputes each chunk from its start state, so the graph must hold (b, d, n) per chunk and not, through
+    # a view, the chunk's whole (T, b, d, n) state buffer (that would be the full b*d*l*n the chunking exists to avoid)
+    for l in (22, 82, 282, 5000):  # paper size: at most 16 chunk-start states of 64 x 1024 x 16 whatever l is
+        assert math.ceil(l / ssm_scan._chunk_len(64, 1024, 16, l)) <= 16
+    monkeypatch.setattr(ssm_scan, "_chunk_len", lambda b, d, n, l, cuda=False: 10)
+    x = {k: v.float().requires_grad_() for k, v in _scan_inputs(b=2, d=4, l=100, n=8).items()}
+    y = selective_scan_torch(**x, delta_softplus=True)
+    fn = y.grad_fn
+    while type(fn).__name__ != "_ScanTorchBackward":  # walk back past the D skip and the z gate
+        fn = fn.next_functions[0][0]
+    saved = fn.saved_tensors[5:]  # after u, dt, A, B, C: one start state per chunk
+    assert len(saved) == 10 and all(t.untyped_storage().nbytes() == t.numel() * 4 for t in saved)
+
+
 @pytest.mark.parametrize("opts", [dict(), dict(D=None), dict(z=None), dict(delta_bias=None), dict(delta_softplus=False)])
 def test_scan_reference_matches_naive_fp32(opts):
     x = {k: v.float().requires_grad_() for k, v in _scan_inputs(b=2, d=5, l=37, n=8).items()}
