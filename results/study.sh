@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU-scale study of RESULTS.md: trains every run in configs/study/ and evaluates them.
-#     bash results/study.sh            # train (two lanes of one-thread jobs for a 2-core machine), then evaluate
+#     bash results/study.sh            # experiments 1-5: train (two lanes of one-thread jobs for 2 cores), then evaluate
 #     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
+#     bash results/study.sh followups  # the two longer follow-ups of experiments 2 and 3, trained and evaluated
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are skipped.
 # Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
 set -euo pipefail
@@ -17,18 +18,49 @@ train() {  # train the given configs one after the other, resuming any that has 
     done
 }
 
+score_by_step() {  # GLOB TITLE YLABEL PNG: score against training step, one line per run (evaluate.py --all_ckpts JSONs)
+    python - "$@" <<'PY'
+import glob, json, sys, matplotlib
+matplotlib.use('agg')
+import matplotlib.pyplot as plt
+pattern, title, ylabel, png = sys.argv[1:]
+fig, ax = plt.subplots(figsize=(6.4, 4))
+for path in sorted(glob.glob(pattern)):
+    r = json.load(open(path))
+    pts = [(c['step'], c['score']['score'], 1.96 * c['score']['se']) for c in r['checkpoints']]
+    print(r['arch'].ljust(12), '  '.join(f'step {s}: {v:.3f} ± {e:.3f}' for s, v, e in pts))
+    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=2, label=r['arch'])
+ax.axhline(1, color='gray', ls=':', lw=1)
+ax.set(xlabel='training step', ylabel=ylabel, title=title)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(png, dpi=110)
+PY
+}
+
+C=configs/study
+S=out/study
+if [ "${1:-}" = followups ]; then
+    # 2: GPT-2, Llama and Mamba on the easier d = 6 parity for 12,000 steps; 3: Llama on MQAR for 3,000 steps
+    train $C/parity_d6_mamba.py > out/study/laneA.log 2>&1 &
+    train $C/parity_d6_gpt2.py $C/parity_d6_llama.py $C/mqar_llama_long.py > out/study/laneB.log 2>&1 &
+    wait
+    python evaluate.py $S/mqar_llama_long --all_ckpts=True
+    python evaluate.py $S/parity_d6_{gpt2,llama,mamba} --all_ckpts=True --out=results/parity_d6  # vs the Bayes-optimal learner
+    score_by_step 'out/study/parity_d6_*/eval_sparse_parity.json' 'Sparse parity, d = 6, k = 2: score by step' \
+        'ICL score vs the Bayes-optimal learner (95% CI)' results/parity_d6_score_vs_step.png
+    exit
+fi
 if [ "${1:-}" != eval ]; then
-    C=configs/study
-    # two lanes of roughly equal CPU time (about 99 and 87 minutes; per-run times in RESULTS.md)
-    train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/parity_mamba.py \
-          $C/ablation_quirks_s1337.py $C/ablation_clean_s1338.py $C/parity_llama_mamba.py $C/ablation_clean_s1337.py > out/study/laneA.log 2>&1 &
-    train $C/parity_d6_mamba.py $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py \
-          $C/mqar_gpt2.py $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/mqar_llama_mamba.py \
-          $C/ablation_quirks_s1338.py $C/mqar_llama_long.py > out/study/laneB.log 2>&1 &
+    # two lanes of roughly equal CPU time (about 79 and 88 minutes; per-run times in RESULTS.md)
+    train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/ablation_quirks_s1337.py \
+          $C/ablation_clean_s1338.py $C/parity_llama_mamba.py > out/study/laneA.log 2>&1 &
+    train $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py $C/mqar_gpt2.py \
+          $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/parity_mamba.py $C/mqar_llama_mamba.py \
+          $C/ablation_quirks_s1338.py $C/ablation_clean_s1337.py > out/study/laneB.log 2>&1 &
     wait
 fi
 
-S=out/study
 # 2, the paper's protocol: parity scored against the trained Mamba (printed only: the table run below rewrites the JSON)
 python evaluate.py $S/parity_{gpt2,llama,llama_mamba} --baseline_run=$S/parity_mamba --plot=False
 # 1-3 and 5: one Table-3-style score table of every experiment, and one figure per task with every run's error curve.
@@ -36,34 +68,16 @@ python evaluate.py $S/parity_{gpt2,llama,llama_mamba} --baseline_run=$S/parity_m
 python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_{gpt2,llama,mamba,llama_mamba} --out=results/table
 # 1: the equal-steps view (every checkpoint of the linear runs: transformers 5000 steps, Mamba family 2000)
 python evaluate.py $S/linear_* --all_ckpts=True --plot=False
-python - <<'PY'  # score against training step, one line per architecture: results/linear_score_vs_step.png
-import glob, json, matplotlib
-matplotlib.use('agg')
-import matplotlib.pyplot as plt
-fig, ax = plt.subplots(figsize=(6.4, 4))
-for path in sorted(glob.glob('out/study/linear_*/eval_linear_regression.json')):
-    r = json.load(open(path))
-    pts = [(c['step'], c['score']['score'], 1.96 * c['score']['se']) for c in r['checkpoints']]
-    print(r['arch'].ljust(12), '  '.join(f'step {s}: {v:.3f} ± {e:.3f}' for s, v, e in pts))
-    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker='o', capsize=2, label=r['arch'])
-ax.axhline(1, color='gray', ls=':', lw=1)
-ax.set(xlabel='training step', ylabel='ICL score vs least squares (95% CI)', title='Linear regression, d = 5: score by step')
-ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig('results/linear_score_vs_step.png', dpi=110)
-PY
-# 3, follow-up: Llama on MQAR for 3000 steps, every kept checkpoint
-python evaluate.py $S/mqar_llama_long --all_ckpts=True
-# 2, easier variant: d = 6 parity (Mamba only; scored against the Bayes-optimal learner)
-python evaluate.py $S/parity_d6_mamba
+score_by_step 'out/study/linear_*/eval_linear_regression.json' 'Linear regression, d = 5: score by step' \
+    'ICL score vs least squares (95% CI)' results/linear_score_vs_step.png
 # 4: the ablation, its own table
 python evaluate.py $S/ablation_* --out=results/ablation
-# 2: what a context-free predictor scores on sparse parity, here (40 points) and at the paper's 140 points
+# 2: what a context-free predictor scores on sparse parity: here (d = 10, 40 points), at the paper's 140 points, and d = 6
 python - <<'PY'
 import torch, tasks, baselines, evaluate
-for n in (40, 140):  # d = 10, k = 2; 6400 prompts; score vs the Bayes-optimal ICL predictor
-    xs, ys = tasks.sample('sparse_parity', 6400, n, 10, torch.Generator().manual_seed(0))
+for d, n in ((10, 40), (10, 140), (6, 30)):  # k = 2; 6400 prompts; score vs the Bayes-optimal ICL predictor
+    xs, ys = tasks.sample('sparse_parity', 6400, n, d, torch.Generator().manual_seed(0))
     err = {k: (baselines.BASELINES[k](xs, ys) - ys).pow(2).mean(-1) for k in ('zero', 'parity_bayes', 'parity_prior')}
     s = evaluate.score(err['parity_prior'], err['zero'], err['parity_bayes'])
-    print(f"parity_prior at {n} points: score {s['score']:.4f} ± {1.96 * s['se']:.4f} vs parity_bayes")
+    print(f"parity_prior at d = {d}, {n} points: score {s['score']:.4f} ± {1.96 * s['se']:.4f} vs parity_bayes")
 PY

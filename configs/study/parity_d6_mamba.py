@@ -1,4 +1,4 @@
-# CPU-scale study, experiment 2, easier variant: sparse parity with d = 6 (15 possible subsets instead of 45)
+# CPU-scale study, experiment 2, follow-up: sparse parity with d = 6 (15 possible subsets instead of 45), trained 12,000 steps
 # Reproduce: python train.py configs/study/parity_d6_mamba.py   (RESULTS.md)
 # architecture switches as in configs/mamba.py; the size is the study's (below)
 arch = 'mamba'
@@ -23,10 +23,10 @@ n_head = 4
 # optimizer: Adam, constant lr 1e-3 (paper 4e-4), batch 64; paper 200k steps
 learning_rate = 1e-3
 batch_size = 64
-max_iters = 2000
+max_iters = 12000
 seed = 1337
-ckpt_interval = 500
-keep_every = 500
+ckpt_interval = 1000
+keep_every = 1000
 eval_interval = 100
 log_interval = 100
 out_dir = 'out/study/parity_d6_mamba'
