@@ -2,7 +2,7 @@
 # The CPU-scale study of RESULTS.md: trains every run in configs/study/ and evaluates them.
 #     bash results/study.sh            # experiments 1-5: train (two lanes of one-thread jobs for 2 cores), then evaluate
 #     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
-#     bash results/study.sh followups  # the two longer follow-ups of experiments 2 and 3, trained and evaluated
+#     bash results/study.sh followups  # the longer follow-ups (d = 6 parity, 3,000-step Llama MQAR), trained and evaluated
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are skipped.
 # Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
 set -euo pipefail
