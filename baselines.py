@@ -1,14 +1,25 @@
 """
-Baselines for in-context regression (docs/paper.md §5, docs/predecessors.md §1.5), batched over prompts AND
-context prefixes in torch: the reference refits sklearn once per prompt per prefix, here one tensor program
-does all B * N fits. Same contract as a model: preds = fn(xs, ys, xq=None, **kw), (B, N, d) x (B, N, y_dim)
--> (B, N, y_dim), where preds[:, i] is fitted on the pairs 0..i-1 only and evaluated at the query xq[:, i]
-(default: x_i itself), and preds[:, 0] = 0 (no context yet; parity_prior, which ignores the context, excepted).
+Baselines for in-context regression (docs/paper.md §5), batched over prompts AND context prefixes in torch:
+the reference refits sklearn once per prompt per prefix, here one tensor program does all B * N fits.
+
+The contract, shared with trained models (model_predict below):
+    preds = fn(xs, ys, xq=None, **kw)      xs (B, N, d), ys (B, N, y_dim) -> preds (B, N, y_dim)
+preds[:, i] is fitted on the pairs 0..i-1 only and evaluated at the query of position i, which is x_i itself
+when xq is None (the ICL prompt) and xq[:, i] otherwise (Garg's out-of-distribution queries). preds[:, 0] = 0:
+no context yet (parity_prior, which ignores the context, excepted).
 """
-import importlib, itertools, math, warnings
+import importlib
+import itertools
+import math
+import warnings
 from functools import partial
 
 import torch
+
+
+def queries(xs, xq):
+    """the query of every position: x_i itself (xq None), or xq[:, i]"""
+    return xs if xq is None else xq
 
 # -----------------------------------------------------------------------------
 # closed-form and neighbour baselines
@@ -16,27 +27,33 @@ import torch
 def zero(xs, ys, xq=None):
     return torch.zeros_like(ys)  # defines xi_0 in the ICL score
 
+
 def least_squares(xs, ys, xq=None, tol=1e-10):
     """min-norm least squares on every prefix (torch.linalg.lstsq's answer) in one pass over the prompt, by
     Greville's recursive pseudo-inverse: while a new x has a component c outside the span of the previous
     ones the min-norm solution moves along c, after that it is recursive least squares. float64: the
     square systems at i = d are ill-conditioned."""
-    xq = xs if xq is None else xq
     B, N, d = xs.shape
-    X, Y, Q = xs.double(), ys.double(), xq.double()
-    w, preds = X.new_zeros(B, d, Y.shape[-1]), Y.new_zeros(Y.shape)  # current solution; outputs
+    X = xs.double()
+    Y = ys.double()
+    Q = queries(xs, xq).double()
+    w = X.new_zeros(B, d, Y.shape[-1])  # the current solution
+    preds = Y.new_zeros(Y.shape)
     Pi = torch.eye(d, dtype=X.dtype, device=X.device).repeat(B, 1, 1)  # projector onto the complement of span(x_<i)
-    P = X.new_zeros(B, d, d)                           # (X^T X)^+ on that span
+    P = X.new_zeros(B, d, d)                                             # (X^T X)^+ on that span
     for i in range(N - 1):
         a = X[:, i, :, None]                                  # (B, d, 1) the new point
         r = Y[:, i, None, :] - (a * w).sum(1, keepdim=True)   # (B, 1, Y) its residual
-        c, b = Pi @ a, P @ a                                  # (B, d, 1) each
-        cc, ab = (c * c).sum(1, keepdim=True), 1 + (a * b).sum(1, keepdim=True)  # (B, 1, 1)
+        c = Pi @ a                                            # (B, d, 1) its part outside the span
+        b = P @ a
+        cc = (c * c).sum(1, keepdim=True)                     # (B, 1, 1)
+        ab = 1 + (a * b).sum(1, keepdim=True)
         new = cc > tol * (a * a).sum(1, keepdim=True)         # does a bring a new direction?
         cc = torch.where(new, cc, 1.)
         w += torch.where(new, c / cc, b / ab) * r
         if new.any():  # greville's update of (X^T X)^+, and c leaves the complement
-            nc, e = c * new, b / cc
+            nc = c * new
+            e = b / cc
             P.addcmul_(nc, (ab / cc ** 2 * c - e).mT).addcmul_(e * new, c.mT, value=-1)
             Pi.addcmul_(nc, (c / cc).mT, value=-1)
         if not new.all():  # recursive least squares: sherman-morrison
@@ -44,43 +61,49 @@ def least_squares(xs, ys, xq=None, tol=1e-10):
         preds[:, i + 1] = (Q[:, i + 1, :, None] * w).sum(1)
     return preds.to(ys.dtype)
 
+
 def averaging(xs, ys, xq=None):
     # w_i = mean_{j<i} x_j y_j, the one-step gradient estimator of Garg et al.
-    xq = xs if xq is None else xq
     s = torch.cumsum(xs.unsqueeze(-1) * ys.unsqueeze(-2), dim=1)            # (B, N, d, Y) inclusive sums
     s = torch.cat([torch.zeros_like(s[:, :1]), s[:, :-1]], dim=1)            # exclusive: pairs < i
-    return torch.einsum('bnd,bndy->bny', xq, s) / torch.arange(xs.shape[1], device=xs.device).clamp(min=1).view(1, -1, 1)
+    counts = torch.arange(xs.shape[1], device=xs.device).clamp(min=1).view(1, -1, 1)
+    return torch.einsum('bnd,bndy->bny', queries(xs, xq), s) / counts
+
+
+def _earlier(N, device):  # (N, N) True where point j is not before position i: what prediction i must not see
+    return torch.ones(N, N, dtype=torch.bool, device=device).triu()
+
 
 def knn(xs, ys, xq=None, k=3):
     # uniform average of the k nearest previous x's (fewer while i < k), Euclidean distance
-    xq = xs if xq is None else xq
     N = xs.shape[1]
-    D = torch.cdist(xq.double(), xs.double())                                # (B, N, N) query i vs point j
-    D = D.masked_fill(torch.ones(N, N, dtype=torch.bool, device=xs.device).triu(), math.inf)
+    D = torch.cdist(queries(xs, xq).double(), xs.double())                  # (B, N, N) query i vs point j
+    D = D.masked_fill(_earlier(N, xs.device), math.inf)
     dist, idx = D.topk(min(k, N), dim=-1, largest=False)                     # (B, N, k)
     valid = dist.isfinite().to(ys.dtype).unsqueeze(-1)                       # (B, N, k, 1)
     near = ys.gather(1, idx.flatten(1).unsqueeze(-1).expand(-1, -1, ys.shape[-1])).view(*idx.shape, -1)
     return (near * valid).sum(2) / valid.sum(2).clamp(min=1)
 
+
 def retrieval_dict(xs, ys, xq=None):
     # MQAR's exact lookup: the value of the previous key with the largest inner product with the query
-    xq = xs if xq is None else xq
     N = xs.shape[1]
-    S = (xq @ xs.transpose(1, 2)).masked_fill(torch.ones(N, N, dtype=torch.bool, device=xs.device).triu(), -math.inf)
+    S = (queries(xs, xq) @ xs.transpose(1, 2)).masked_fill(_earlier(N, xs.device), -math.inf)
     preds = ys.gather(1, S.argmax(-1, keepdim=True).expand(-1, -1, ys.shape[-1]))  # (B, N, Y)
     preds[:, 0] = 0
     return preds
 
+
 def parity_bayes(xs, ys, xq=None, k=2, context=True):
-    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained Mamba): the mean
-    # parity at the query over the k-subsets that agree with every context pair (45 at d=10, k=2). context=False
-    # ('parity_prior') averages over all subsets: the best guess without ICL, MSE 1 - 1/C(d,k) at every position
-    xq = xs if xq is None else xq
+    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained Mamba): the
+    # mean parity at the query over the k-subsets that agree with every context pair (45 at d=10, k=2).
+    # context=False ('parity_prior') averages over all subsets: the best guess without ICL, MSE 1 - 1/C(d,k)
     subsets = torch.tensor(list(itertools.combinations(range(xs.shape[-1]), k)), device=xs.device)  # (H, k)
     hyp = xs[..., subsets].prod(-1)                                           # (B, N, H) each hypothesis' y
     ok = (hyp == ys).to(xs.dtype).cumprod(1) if context else torch.ones_like(hyp)  # consistent with pairs <= j
     ok = torch.cat([torch.ones_like(ok[:, :1]), ok[:, :-1]], dim=1)           # ... with pairs < i
-    preds = (xq[..., subsets].prod(-1) * ok).sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp(min=1)
+    votes = queries(xs, xq)[..., subsets].prod(-1) * ok
+    preds = votes.sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp(min=1)
     if context:
         preds[:, 0] = 0  # the contract (no context, no guess), though the prior mean would be the Bayes answer
     return preds
@@ -89,75 +112,104 @@ def parity_bayes(xs, ys, xq=None, k=2, context=True):
 # lasso: an exact active-set solver, warm-started from one prefix to the next
 
 def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
-    """sklearn's Lasso(alpha, fit_intercept=False) on every prefix, min_w |y - Xw|^2 / 2i + alpha |w|_1, solved exactly
-    (sklearn's coordinate descent needs thousands of sweeps at small i and often stops short) by a Lawson-Hanson
-    style active set on G = X^T X: for active set A with signs s the optimum is H (c_A - lam s), H = inv(G_AA)
-    kept by rank-one updates. Each step goes to the first sign change and drops it, or adds the worst KKT
-    violator. Warm-started from the previous prefix, most fits take one or two steps. float64."""
-    xq, (B, N, d), Yd = xs if xq is None else xq, xs.shape, ys.shape[-1]
-    M = B * Yd  # every y dim is its own fit
-    X, Q = xs.double().repeat_interleave(Yd, 0), xq.double().repeat_interleave(Yd, 0)  # (M, N, d)
-    Yv = ys.double().transpose(1, 2).reshape(M, N)
-    G, H = X.new_zeros(M, d, d), X.new_zeros(M, d, d)  # Gram; inverse of G on the active set (0 elsewhere)
-    c, w, th = X.new_zeros(M, d), X.new_zeros(M, d), X.new_zeros(M, d)  # X^T y; solution; signs (0: inactive)
-    preds, eye, inf = X.new_zeros(M, N), torch.eye(d, dtype=X.dtype, device=X.device), math.inf
+    """sklearn's Lasso(alpha, fit_intercept=False) on every prefix of i pairs,
+        min_w |y - X w|^2 / (2 i) + alpha |w|_1,
+    solved exactly (sklearn's coordinate descent needs thousands of sweeps at small i and often stops short).
+    With G = X^T X, c = X^T y and lam = alpha i, fix the active set A and the signs s of its weights: the
+    optimum is then w_A = H (c_A - lam s) with H = inv(G_AA), kept up to date by rank-one updates. Each step
+      - moves towards that optimum and, if an active weight changes sign on the way, stops there and drops it;
+      - else adds the inactive coordinate that most violates optimality (|gradient_j| > lam), with its sign;
+      - if that coordinate's column lies in the span of the active ones (common while i < d), slides along the
+        null direction instead, where the objective falls linearly, until an active weight reaches 0, and swaps;
+    until no sign changes and no coordinate violates optimality. Warm-started from the previous prefix, most
+    fits take one or two steps. Every y dimension is its own fit. float64."""
+    B, N, d = xs.shape
+    y_dims = ys.shape[-1]
+    M = B * y_dims  # fits
+    X = xs.double().repeat_interleave(y_dims, 0)                    # (M, N, d)
+    Q = queries(xs, xq).double().repeat_interleave(y_dims, 0)
+    Y = ys.double().transpose(1, 2).reshape(M, N)
+    gram = X.new_zeros(M, d, d)        # G = X^T X of the prefix
+    inv_active = X.new_zeros(M, d, d)  # H = inv(G_AA) on the active set, 0 elsewhere
+    xty = X.new_zeros(M, d)            # c = X^T y
+    weights = X.new_zeros(M, d)
+    signs = X.new_zeros(M, d)          # s: +-1 on the active set, 0 off it
+    preds = X.new_zeros(M, N)
+    eye = torch.eye(d, dtype=X.dtype, device=X.device)
+    inf = math.inf
     for n in range(1, N):
         x = X[:, n - 1]
-        G.addcmul_(x[:, :, None], x[:, None, :])
-        c.addcmul_(x, Yv[:, n - 1, None])
-        hx = torch.bmm(H, x[:, :, None])  # sherman-morrison keeps H = inv(G_AA) after the new point
-        H.addcmul_(hx / (1 + (x[:, :, None] * hx).sum(1, keepdim=True)), hx.mT, value=-1)
+        gram.addcmul_(x[:, :, None], x[:, None, :])
+        xty.addcmul_(x, Y[:, n - 1, None])
+        hx = torch.bmm(inv_active, x[:, :, None])  # sherman-morrison keeps H = inv(G_AA) after the new point
+        inv_active.addcmul_(hx / (1 + (x[:, :, None] * hx).sum(1, keepdim=True)), hx.mT, value=-1)
         lam = alpha * n  # sklearn's 1/(2n) scaling moved onto the penalty
-        Hs, Gs, ws, cs, ts, idx = H, G, w, c, th, None  # the working set: everyone, then the unfinished rows
+        # the working set: every fit at first, then only the unfinished ones (rows: their indices)
+        H, G, w, c, s = inv_active, gram, weights, xty, signs
+        rows = None
         for it in range(max_iter):
-            ar, act = torch.arange(len(ws), device=X.device), ts != 0
-            z = torch.bmm(Hs, (cs - lam * ts)[:, :, None])[:, :, 0]  # optimum for the current signs
-            bad = (z * ts <= 0) & act
-            anybad = bad.any(1)
-            t, jdrop = torch.where(bad, ws / (ws - z), inf).min(1)  # first sign change on the way to z
-            g = torch.bmm(Gs, z[:, :, None])[:, :, 0] - cs            # gradient of the smooth part at z
-            vmax, jadd = torch.where(act, -inf, g.abs() - lam * (1 + 1e-12)).max(1)
-            done, add = ~anybad & (vmax <= 0), ~anybad & (vmax > 0)
-            ws.copy_(torch.where(anybad[:, None], ws + t.clamp(0, 1)[:, None] * (z - ws), z))
-            gjj, thj = Gs[ar, jadd, jadd], -torch.sign(g[ar, jadd])
-            gcol, Hg = Gs[ar, jadd] * act, torch.zeros_like(ws)  # row j = column j: G and H are symmetric
-            Hg[add] = torch.bmm(Hs[add], gcol[add, :, None])[:, :, 0]  # only the rows that add need it
-            ray = add & (gjj - (gcol * Hg).sum(1) <= 1e-9 * gjj)
-            if ray.any():
-                # column j is in the span of the active ones (common at i < d): slide along the null direction u, where
-                # the fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
-                u = thj[:, None] * (eye[jadd] - Hg)
-                tau, kswap = torch.where(act & (ws * u < 0), -ws / u, inf).min(1)
-                ray &= tau.isfinite()  # always true in exact arithmetic (the objective is bounded below)
-                ws.add_(torch.where(ray, tau, 0.)[:, None] * u)
-                jdrop = torch.where(ray, kswap, jdrop)
-            drop = anybad | ray
+            r = torch.arange(len(w), device=X.device)
+            active = s != 0
+            target = torch.bmm(H, (c - lam * s)[:, :, None])[:, :, 0]  # the optimum for the current signs
+            flips = (target * s <= 0) & active
+            flipping = flips.any(1)
+            frac, j_drop = torch.where(flips, w / (w - target), inf).min(1)  # first sign change on the way
+            grad = torch.bmm(G, target[:, :, None])[:, :, 0] - c               # of the smooth part, at target
+            violation, j_add = torch.where(active, -inf, grad.abs() - lam * (1 + 1e-12)).max(1)
+            done = ~flipping & (violation <= 0)
+            add = ~flipping & (violation > 0)
+            w.copy_(torch.where(flipping[:, None], w + frac.clamp(0, 1)[:, None] * (target - w), target))
+            g_jj = G[r, j_add, j_add]
+            sign_j = -torch.sign(grad[r, j_add])
+            g_col = G[r, j_add] * active  # row j = column j: G and H are symmetric
+            H_g = torch.zeros_like(w)
+            H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]  # only the rows that add need it
+            in_span = add & (g_jj - (g_col * H_g).sum(1) <= 1e-9 * g_jj)
+            if in_span.any():
+                # column j is in the span of the active ones: slide along the null direction u, where the
+                # fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
+                u = sign_j[:, None] * (eye[j_add] - H_g)
+                slide, k_swap = torch.where(active & (w * u < 0), -w / u, inf).min(1)
+                in_span &= slide.isfinite()  # always true in exact arithmetic (the objective is bounded below)
+                w.add_(torch.where(in_span, slide, 0.)[:, None] * u)
+                j_drop = torch.where(in_span, k_swap, j_drop)
+            drop = flipping | in_span
             if drop.any():  # H loses row/column j: H - H[:, j] H[j, :] / H[j, j]
-                r, j = ar[drop], jdrop[drop]
-                ws[r, j], ts[r, j], Hr, keep = 0., 0., Hs[r], 1. - eye[j]
-                v = Hr[torch.arange(len(r), device=X.device), j]  # (|r|, d)
-                Hr -= v[:, :, None] * (v / v.gather(1, j[:, None]))[:, None, :]
-                Hs[r] = Hr * keep[:, :, None] * keep[:, None, :]
-                gcol = Gs[ar, jadd] * (ts != 0)
-                Hg[add] = torch.bmm(Hs[add], gcol[add, :, None])[:, :, 0]
-            if add.any():  # bordered inverse: H + v v^T / s with v = e_j - H g_j, s = G_jj - g_j^T H g_j
-                r, j = ar[add], jadd[add]
-                v = eye[j] - Hg[r]
-                Hs[r] += v[:, :, None] * (v / (gjj[r] - (gcol[r] * Hg[r]).sum(1))[:, None])[:, None, :]
-                ts[r, j] = thj[r]
+                rd = r[drop]
+                jd = j_drop[drop]
+                w[rd, jd] = 0.
+                s[rd, jd] = 0.
+                H_r = H[rd]
+                keep = 1. - eye[jd]
+                v = H_r[torch.arange(len(rd), device=X.device), jd]  # (|rd|, d)
+                H_r -= v[:, :, None] * (v / v.gather(1, jd[:, None]))[:, None, :]
+                H[rd] = H_r * keep[:, :, None] * keep[:, None, :]
+                g_col = G[r, j_add] * (s != 0)
+                H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]
+            if add.any():  # bordered inverse: H + v v^T / t with v = e_j - H g_j, t = G_jj - g_j^T H g_j
+                ra = r[add]
+                ja = j_add[add]
+                v = eye[ja] - H_g[ra]
+                H[ra] += v[:, :, None] * (v / (g_jj[ra] - (g_col[ra] * H_g[ra]).sum(1))[:, None])[:, None, :]
+                s[ra, ja] = sign_j[ra]
             if done.all():
                 break
             if it == max_iter - 1:
-                warnings.warn(f"lasso: {int((~done).sum())} fits at prefix {n} did not settle in {max_iter} active-set steps")
-            if done.sum() > len(done) // 4:  # shrink the working set; finished rows go home
-                if idx is not None:
-                    H[idx], w[idx], th[idx] = Hs, ws, ts
-                idx = (~done).nonzero()[:, 0] if idx is None else idx[~done]
-                Hs, Gs, ws, cs, ts = H[idx], G[idx], w[idx], c[idx], th[idx]
-        if idx is not None:
-            H[idx], w[idx], th[idx] = Hs, ws, ts
-        preds[:, n] = (Q[:, n] * w).sum(1)
-    return preds.view(B, Yd, N).transpose(1, 2).to(ys.dtype)
+                warnings.warn(f"lasso: {int((~done).sum())} fits at prefix {n} did not settle in {max_iter} "
+                              "active-set steps")
+            if done.sum() > len(done) // 4:  # shrink the working set; finished fits go home
+                if rows is not None:
+                    inv_active[rows] = H
+                    weights[rows] = w
+                    signs[rows] = s
+                rows = (~done).nonzero()[:, 0] if rows is None else rows[~done]
+                H, G, w, c, s = inv_active[rows], gram[rows], weights[rows], xty[rows], signs[rows]
+        if rows is not None:
+            inv_active[rows] = H
+            weights[rows] = w
+            signs[rows] = s
+        preds[:, n] = (Q[:, n] * weights).sum(1)
+    return preds.view(B, y_dims, N).transpose(1, 2).to(ys.dtype)
 
 # -----------------------------------------------------------------------------
 # a 2-layer ReLU MLP trained by gradient descent, one fresh net per prompt and prefix, all at once
@@ -166,84 +218,104 @@ def gd_mlp(xs, ys, xq=None, steps=1000, lr=5e-3, batch_size=1, hidden=100, chunk
     """paper: 1000 Adam steps (lr 5e-3) on one random context point each; reference code: 100 steps on up to 100
     points (gd_mlp_ref). Every fit is a slice of one (fits, ...) tensor and Adam is elementwise, so one fused
     Adam on the stack is exactly independent Adams. Hand-written gradients; `chunk` fits at a time bound memory."""
-    xq = xs if xq is None else xq
-    (B, N, d), Yd = xs.shape, ys.shape[-1]
+    Q = queries(xs, xq)
+    B, N, d = xs.shape
+    y_dims = ys.shape[-1]
     g = torch.Generator(device=xs.device).manual_seed(seed)
     rand = partial(torch.rand, generator=g, device=xs.device)
-    b_all, n_all = (t.flatten() for t in torch.meshgrid(torch.arange(B), torch.arange(1, N), indexing='ij'))
+    grid = torch.meshgrid(torch.arange(B), torch.arange(1, N), indexing='ij')
+    b_all, n_all = (t.flatten() for t in grid)
     preds = ys.new_zeros(ys.shape)
     for s in range(0, len(b_all), chunk):
-        b, n = b_all[s:s + chunk].to(xs.device), n_all[s:s + chunk].to(xs.device)  # fit f uses pairs < n[f]
-        m, X, T = len(b), xs[b], ys[b]
-        k1, k2 = 1 / math.sqrt(d), 1 / math.sqrt(hidden)  # nn.Linear's default init, as the reference
-        W1, b1 = (rand(m, d, hidden) * 2 - 1) * k1, (rand(m, 1, hidden) * 2 - 1) * k1
-        W2, b2 = (rand(m, hidden, Yd) * 2 - 1) * k2, (rand(m, 1, Yd) * 2 - 1) * k2
-        for p in (params := [W1, b1, W2, b2]):
+        b = b_all[s:s + chunk].to(xs.device)  # fit f uses the pairs < n[f] of prompt b[f]
+        n = n_all[s:s + chunk].to(xs.device)
+        m = len(b)
+        X = xs[b]
+        T = ys[b]
+        k1 = 1 / math.sqrt(d)  # nn.Linear's default init, as the reference
+        k2 = 1 / math.sqrt(hidden)
+        W1 = (rand(m, d, hidden) * 2 - 1) * k1
+        b1 = (rand(m, 1, hidden) * 2 - 1) * k1
+        W2 = (rand(m, hidden, y_dims) * 2 - 1) * k2
+        b2 = (rand(m, 1, y_dims) * 2 - 1) * k2
+        params = [W1, b1, W2, b2]
+        for p in params:
             p.grad = torch.zeros_like(p)  # filled by hand below
-        opt, k = torch.optim.Adam(params, lr=lr, fused=True), min(batch_size, N - 1)
+        opt = torch.optim.Adam(params, lr=lr, fused=True)
+        k = min(batch_size, N - 1)
         for _ in range(steps):  # each fit's batch: min(n, k) of its context points, without replacement
             keys = rand(m, N).masked_fill(torch.arange(N, device=xs.device) >= n[:, None], 2.)
             j = keys.topk(k, dim=1, largest=False).indices                             # (m, k)
-            wt = ((torch.arange(k, device=xs.device) < n[:, None]) / n.clamp(max=k)[:, None]).unsqueeze(-1)  # MSE weights
-            xb, yb = X.gather(1, j[..., None].expand(-1, -1, d)), T.gather(1, j[..., None].expand(-1, -1, Yd))
+            in_batch = torch.arange(k, device=xs.device) < n[:, None]
+            wt = (in_batch / n.clamp(max=k)[:, None]).unsqueeze(-1)                    # MSE weights
+            xb = X.gather(1, j[..., None].expand(-1, -1, d))
+            yb = T.gather(1, j[..., None].expand(-1, -1, y_dims))
             a = torch.baddbmm(b1, xb, W1)                                              # (m, k, hidden)
             h = a.clamp(min=0)
-            e = 2 * (torch.baddbmm(b2, h, W2) - yb) * wt / Yd                          # dloss/dout, (m, k, Y)
+            e = 2 * (torch.baddbmm(b2, h, W2) - yb) * wt / y_dims                      # dloss/dout, (m, k, Y)
             torch.bmm(h.mT, e, out=W2.grad)
             b2.grad.copy_(e.sum(1, keepdim=True))
             dh = torch.bmm(e, W2.mT) * (a > 0)                                         # (m, k, hidden)
             torch.bmm(xb.mT, dh, out=W1.grad)
             b1.grad.copy_(dh.sum(1, keepdim=True))
             opt.step()
-        preds[b, n] = torch.baddbmm(b2, torch.baddbmm(b1, xq[b, n][:, None], W1).clamp(min=0), W2)[:, 0]
+        hidden_q = torch.baddbmm(b1, Q[b, n][:, None], W1).clamp(min=0)
+        preds[b, n] = torch.baddbmm(b2, hidden_q, W2)[:, 0]
     return preds
 
 # -----------------------------------------------------------------------------
 # the reference approach: one sklearn/xgboost fit per prompt per prefix (optional packages, slow); trained models
 
 def per_fit(make, xs, ys, xq=None):
-    xq = xs if xq is None else xq
-    X, Y, Q = (t.detach().double().cpu().numpy() for t in (xs, ys, xq))
+    X, Y, Q = (t.detach().double().cpu().numpy() for t in (xs, ys, queries(xs, xq)))
     preds = torch.zeros(ys.shape, dtype=torch.float64)
     for b, i in itertools.product(range(X.shape[0]), range(1, X.shape[1])):
         fit = make().fit(X[b, :i], Y[b, :i, 0] if Y.shape[-1] == 1 else Y[b, :i])
         preds[b, i] = torch.from_numpy(fit.predict(Q[b, i:i + 1]).reshape(-1))
     return preds.to(ys.dtype)
 
+
+_OPTIONAL = dict(lasso=('sklearn.linear_model', 'Lasso'), tree=('sklearn.tree', 'DecisionTreeRegressor'),
+                 xgboost=('xgboost', 'XGBRegressor'))
+PIP_NAMES = dict(sklearn='scikit-learn')  # import name -> the package to pip install, where they differ
+
+
 def _make(kind, **kw):  # optional packages, imported only when such a baseline is asked for
-    module, name = dict(lasso=('sklearn.linear_model', 'Lasso'), tree=('sklearn.tree', 'DecisionTreeRegressor'), xgboost=('xgboost', 'XGBRegressor'))[kind]
+    module, name = _OPTIONAL[kind]
     return getattr(importlib.import_module(module), name)(**kw)
 
-# a trained checkpoint as baseline (the paper's, for decision trees and sparse parity); evaluate.py's models too
 
 @torch.no_grad()
 def model_predict(model, xs, ys, xq=None):
-    """prediction i at x token i. A query that differs from x_i (Garg's OOD queries) costs one forward per
-    position, on the prompt cut after point i with x_i replaced: causality makes later points irrelevant."""
+    """a trained model under the baselines' contract: prediction i at x token i. A query other than x_i (Garg's
+    OOD queries) costs one forward per position, on the prompt cut after point i with x_i replaced: causality
+    makes the later points irrelevant."""
     dev = next(model.parameters()).device
-    xs, ys = xs.to(dev), ys.to(dev)
-    if xq is None or torch.equal(xq.to(dev), xs):
+    xs = xs.to(dev)
+    ys = ys.to(dev)
+    if xq is None:
         return model(xs, ys).float()
     xq = xq.to(dev)
-    return torch.stack([model(torch.cat([xs[:, :i], xq[:, i:i + 1]], 1), ys[:, :i + 1])[:, i] for i in range(xs.shape[1])], 1).float()
+    per_position = [model(torch.cat([xs[:, :i], xq[:, i:i + 1]], 1), ys[:, :i + 1])[:, i] for i in range(xs.shape[1])]
+    return torch.stack(per_position, 1).float()
 
 # -----------------------------------------------------------------------------
-# registry
+# registry (each task's score baseline and plotted curves are in its tasks.TASKS record)
 
 LASSO_ALPHAS = (1e-4, 1e-3, 1e-2, 0.1, 1.0)  # the reference configs' "lasso_set" (Garg's sweep)
 BASELINES = dict(
-    zero=zero, least_squares=least_squares, averaging=averaging, knn=knn, retrieval_dict=retrieval_dict,
-    parity_bayes=parity_bayes, parity_prior=partial(parity_bayes, context=False), lasso=lasso, **{f'lasso_{a:g}': partial(lasso, alpha=a) for a in LASSO_ALPHAS},
-    gd_mlp=gd_mlp, gd_mlp_ref=partial(gd_mlp, steps=100, batch_size=100),
+    zero=zero,
+    least_squares=least_squares,
+    averaging=averaging,
+    knn=knn,
+    retrieval_dict=retrieval_dict,
+    parity_bayes=parity_bayes,
+    parity_prior=partial(parity_bayes, context=False),
+    lasso=lasso,
+    **{f'lasso_{a:g}': partial(lasso, alpha=a) for a in LASSO_ALPHAS},
+    gd_mlp=gd_mlp,
+    gd_mlp_ref=partial(gd_mlp, steps=100, batch_size=100),
     lasso_sklearn=partial(per_fit, partial(_make, 'lasso', alpha=1e-3, fit_intercept=False, max_iter=100000)),
     decision_tree=partial(per_fit, partial(_make, 'tree', max_depth=4, random_state=0)),  # Garg's greedy tree
     xgboost=partial(per_fit, partial(_make, 'xgboost')),
 )
-# the baseline of the paper's score per task (docs/paper.md §5); 'model' = a trained run (--baseline_run)
-PAPER_BASELINE = dict(linear_regression='least_squares', sparse_linear_regression='lasso', relu2nn_regression='gd_mlp',
-                      decision_tree='model', sparse_parity='model', mqar='retrieval_dict')
-FALLBACK = dict(decision_tree='knn', sparse_parity='parity_bayes')  # when no trained baseline run is given
-# the curves drawn next to a model's, per task (like Garg's plots)
-PLOT_BASELINES = dict(linear_regression=('least_squares', 'averaging', 'knn'), sparse_linear_regression=('lasso', 'least_squares', 'knn'),
-                      relu2nn_regression=('gd_mlp', 'least_squares', 'knn'), decision_tree=('knn', 'least_squares', 'averaging'),
-                      sparse_parity=('parity_bayes', 'parity_prior'), mqar=('retrieval_dict',))

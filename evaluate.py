@@ -6,10 +6,12 @@ plots, and a score table laid out like the paper's Table 3.
     python evaluate.py out/gpt2-sparse --task=linear_regression --all_ckpts=True  # cross-task, every checkpoint
     python evaluate.py out/gpt2-linear --ood=all                                  # Garg's OOD suite
     python evaluate.py out/*-tree --baseline_run=out/gpt2-tree --out=results/table3
-Writes next to each run eval_<task>[_<variant>].json (every number behind the plot) and .png;
+    python evaluate.py --help
+A run is a run directory (its ckpt.pt, and with --all_ckpts every ckpt_<step>.pt) or one checkpoint file.
+Writes next to each run eval_<task>[_<variant>][_vs_<baseline>].json (every number behind the plot) and .png;
 with --out=PREFIX also PREFIX.md and PREFIX.csv (the score table) and PREFIX_<task>.png (all runs).
+Every run, output path and option is checked before any evaluation work starts.
 """
-import ast
 import json
 import math
 import os
@@ -21,9 +23,9 @@ import torch
 from tqdm import tqdm
 
 import tasks
-from baselines import BASELINES, FALLBACK, LASSO_ALPHAS, PAPER_BASELINE, PLOT_BASELINES, model_predict
+from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, model_predict
 from model import ICLModel, ModelConfig
-from train import UserError, load_checkpoint
+from train import UserError, config_help, load_checkpoint, parse_value, short, step_checkpoints
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value
@@ -33,155 +35,323 @@ seed = 0              # the prompts' seed: every model and baseline of a task se
 task = ''             # '' = the task each run was trained on; a task name = cross-task evaluation
 ood = ''              # '' | 'all' | comma list of tasks.OOD_VARIANTS (linear regression only)
 baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES names, or lasso_sweep
-baseline_run = ''     # a trained run as the score's baseline (paper: GPT-2 for decision_tree, Mamba for sparse_parity)
-score_vs = ''         # '' = the paper's baseline of the task; or any baselines.BASELINES name (e.g. least_squares on sparse linear)
+baseline_run = ''     # a trained run as the score's baseline (paper: GPT-2 for decision_tree, Mamba for parity)
+score_vs = ''         # '' = the task's score baseline (tasks.TASKS); or a baselines.BASELINES name
 all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training trajectories, paper Figs. 4-6)
 plot = True           # write the PNGs
-out = ''              # path prefix for the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
-device = 'cpu'
+out = ''              # path prefix of the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
+device = 'cpu'        # cpu | cuda | cuda:N
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
 ARCH_ORDER = ('gpt2', 'gpt2_rms', 'gpt2_rope', 'gpt2_swiglu', 'gpt2_rms_swiglu', 'gpt2_rms_rope', 'gpt2_rope_swiglu',
               'llama', 'llama_mamba_pos', 'llama_mamba_ffn', 'llama_mamba', 'mamba', 'mambaformer')  # Table 3's rows
 COLUMNS = dict(linear_regression='Linear', sparse_linear_regression='Sparse Linear', relu2nn_regression='2-Layer MLP',
                decision_tree='Decision Tree', sparse_parity='Sparse Parity', mqar='Vector MQAR')
+MEMORY_SHARE = 0.5    # refuse an evaluation whose error tables would take more than this share of the free memory
+
+# -----------------------------------------------------------------------------
+# options and runs, all checked before any work
+
+def _available_memory():
+    try:
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    except (ValueError, OSError, AttributeError):
+        return 2**40  # unknown: don't refuse on a guess
+
+
+def _writable_dir(path):
+    # the nearest existing ancestor of path must be a writable directory
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    return os.path.isdir(probe) and os.access(probe, os.W_OK), probe
+
+
+def _check_device(dev):
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', dev):
+        raise UserError(f"device={short(dev)} is not one of cpu, cuda, cuda:N")
+    if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+
 
 def parse_args(argv):
-    cfg, runs = dict(DEFAULTS), [a for a in argv if not a.startswith('--')]
+    cfg = dict(DEFAULTS)
+    runs = [a for a in argv if not a.startswith('--')]
     for arg in (a for a in argv if a.startswith('--')):
         key, eq, raw = arg[2:].partition('=')
         if key not in cfg or not eq:
-            raise UserError(f"unknown option {arg!r}; evaluate.py takes run directories and --key=value with key in: {', '.join(cfg)}")
-        try:  # text keys take the text as it is (--task=mqar, --baselines=lasso,knn); ints and bools are literals
-            value = raw if type(cfg[key]) is str and raw not in ('True', 'False') else ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        value = {True: 'all', False: ''}[value] if key == 'ood' and type(value) is bool else value  # --ood=True
+            raise UserError(f"unknown option {short(arg)}; evaluate.py takes runs and --key=value with key in: "
+                            f"{', '.join(cfg)} (python evaluate.py --help)")
+        if type(cfg[key]) is str and raw in ('True', 'False'):
+            value = raw == 'True'  # a bool where text is expected: only --ood takes one
+        else:
+            value = parse_value(key, raw, cfg[key])
+        if key == 'ood' and type(value) is bool:
+            value = 'all' if value else ''  # --ood=True: the whole suite
         if type(value) is not type(cfg[key]):
-            raise UserError(f"--{key} must be a {type(cfg[key]).__name__} (like {cfg[key]!r}), got {raw!r}")
+            raise UserError(f"--{key} must be a {type(cfg[key]).__name__} (like {cfg[key]!r}), got {short(raw)}")
         cfg[key] = value
-    cfg['variants'] = [v for v in (tasks.OOD_VARIANTS if cfg['ood'] == 'all' else filter(None, cfg['ood'].split(','))) if v != 'standard']
-    cfg['extra'] = [b for name in filter(None, cfg['baselines'].split(',')) for b in
-                    ([f'lasso_{a:g}' for a in LASSO_ALPHAS] if name == 'lasso_sweep' else [name])]
-    bad_v, bad_b = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS)), sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
-    for bad, msg in ((not runs, "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...]"),
-                     (cfg['n_prompts'] < 2 or cfg['batch_size'] < 1, "n_prompts must be >= 2 and batch_size >= 1"),
-                     (cfg['task'] not in ('', *tasks.TASK_NAMES), f"unknown task {cfg['task']!r}; tasks are {', '.join(tasks.TASK_NAMES)}"),
-                     (bad_v, f"unknown OOD variant(s) {bad_v}; choose from {', '.join(tasks.OOD_VARIANTS)}"),
-                     (bad_b, f"unknown baseline(s) {bad_b}; choose from {', '.join(BASELINES)}, lasso_sweep")):
+    variants = tasks.OOD_VARIANTS if cfg['ood'] == 'all' else [v for v in cfg['ood'].split(',') if v]
+    cfg['variants'] = [v for v in variants if v != 'standard']
+    extra = []
+    for name in filter(None, cfg['baselines'].split(',')):
+        extra += [f'lasso_{a:g}' for a in LASSO_ALPHAS] if name == 'lasso_sweep' else [name]
+    cfg['extra'] = extra
+    bad_variants = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS))
+    bad_baselines = sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
+    checks = ((not runs, "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...] (--help lists the keys)"),
+              (cfg['n_prompts'] < 2, f"n_prompts must be >= 2, got {short(cfg['n_prompts'])}"),
+              (cfg['batch_size'] < 1, f"batch_size must be >= 1, got {short(cfg['batch_size'])}"),
+              (not 0 <= cfg['seed'] <= 2**63 - 1, f"seed must be in [0, 2**63 - 1], got {short(cfg['seed'])}"),
+              (cfg['task'] not in ('', *tasks.TASKS),
+               f"unknown task {short(cfg['task'])}; tasks are {', '.join(tasks.TASKS)}"),
+              (bad_variants, f"unknown OOD variant(s) {short(bad_variants)}; choose from {', '.join(tasks.OOD_VARIANTS)}"),
+              (bad_baselines, f"unknown baseline(s) {short(bad_baselines)}; choose from {', '.join(BASELINES)}, "
+                              "lasso_sweep"))
+    for bad, msg in checks:
         if bad:
             raise UserError(msg)
+    _check_device(cfg['device'])
+    if cfg['out'] and (cfg['out'].endswith(os.sep) or os.path.isdir(cfg['out'])):
+        cfg['out'] = os.path.join(cfg['out'], 'table')  # a directory: its table.md, table.csv, table_<task>.png
+    if cfg['out']:
+        ok, where = _writable_dir(os.path.dirname(cfg['out']) or '.')
+        if not ok:
+            raise UserError(f"--out={short(cfg['out'])}: cannot write there ({where} is not a writable directory)")
     return runs, cfg
 
-# -----------------------------------------------------------------------------
-# checkpoints, prompts, errors, the score
 
-def find_ckpts(run, every):
-    """ckpt.pt (the latest), after every ckpt_<step>.pt when asked (those are hard links: ckpt.pt is the last one)."""
-    files = os.listdir(run) if os.path.isdir(run) else []
-    steps = sorted((int(m[1]), os.path.join(run, f)) for f in files if (m := re.fullmatch(r'ckpt_(\d+)\.pt', f)))
-    if not steps and 'ckpt.pt' not in files:
-        raise UserError(f"no checkpoints in {run} (expected ckpt.pt or ckpt_<step>.pt written by train.py)")
-    paths = [p for _, p in steps] if every else []
-    latest = os.path.join(run, 'ckpt.pt') if 'ckpt.pt' in files else steps[-1][1]
-    return paths + ([latest] if not paths or not os.path.samefile(latest, paths[-1]) else [])
+def run_checkpoints(run, every):
+    """(directory the outputs go to, [checkpoint paths]): a run directory's ckpt.pt (its latest) after, when asked,
+    every ckpt_<step>.pt; or the one checkpoint file given"""
+    if os.path.isfile(run):
+        return os.path.dirname(run) or '.', [run]
+    steps = [p for _, p in step_checkpoints(run)]
+    latest = os.path.join(run, 'ckpt.pt')
+    if not os.path.isdir(run) or (not steps and not os.path.exists(latest)):
+        raise UserError(f"no checkpoints in {short(run)} (expected a run directory with ckpt.pt or ckpt_<step>.pt "
+                        "written by train.py, or a checkpoint file)")
+    if not os.path.exists(latest):
+        latest = steps[-1]
+    paths = steps if every else []
+    if latest not in paths:
+        paths.append(latest)  # a ckpt.pt that is a copy of the last step checkpoint is skipped later, by its step
+    return run, paths
+
+
+def plan_run(run, cfg):
+    """everything about one run that can be checked before any evaluation: paths, config, task, baseline"""
+    out_dir, paths = run_checkpoints(run, cfg['all_ckpts'])
+    rc = load_checkpoint(paths[-1])['config']
+    task = cfg['task'] or rc['task']
+    record = tasks.get(task)
+    if cfg['variants'] and task != 'linear_regression':
+        raise UserError(f"the OOD suite is defined for linear regression; add --task=linear_regression to evaluate "
+                        f"this {task} run on it")
+    n_pts = record.eval_points(rc)
+    if n_pts < 2:
+        raise UserError(f"{run}: prompts of {n_pts} point(s) have no prediction after an example to score")
+    ok, where = _writable_dir(out_dir)
+    if not ok:
+        raise UserError(f"cannot write the results of {run} next to it ({where} is not a writable directory)")
+    base = cfg['score_vs'] or record.score_baseline
+    if base == 'model':
+        if cfg['baseline_run']:
+            base = 'model:' + os.path.basename(os.path.normpath(cfg['baseline_run']))
+        elif record.fallback_baseline:
+            base = record.fallback_baseline
+            print(f"note: the paper scores {task} against a trained model (pass --baseline_run=out/RUN); "
+                  f"using the classical {base} instead")
+        else:
+            raise UserError(f"{task} is scored against a trained model: pass --baseline_run=out/RUN")
+    return dict(run=run, out_dir=out_dir, paths=paths, rc=rc, task=task, record=record, n_pts=n_pts,
+                n_dims=rc['n_dims'], tkw={k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}, base=base)
+
+
+def check_baseline_run(cfg, plans):
+    """--baseline_run: a run trained on the task it is a baseline for, whose model takes these prompts"""
+    if not cfg['baseline_run']:
+        return None
+    _, paths = run_checkpoints(cfg['baseline_run'], False)
+    brc = load_checkpoint(paths[-1])['config']
+    for p in plans:
+        if brc['task'] != p['task']:
+            raise UserError(f"--baseline_run={short(cfg['baseline_run'])} was trained on {brc['task']}, but "
+                            f"{p['run']} is evaluated on {p['task']}: a baseline must be trained on the same task")
+    return paths[-1]
+
+
+def check_memory(cfg, plans):
+    # the per-prompt error tables kept in memory: the zero predictor, the baselines and one model per run
+    curves = max((3 + len(p['record'].plot_baselines) + len(cfg['extra'])) * p['n_pts'] for p in plans)
+    need = cfg['n_prompts'] * curves * 4 * (1 + len(cfg['variants']))  # float32 errors
+    if need > MEMORY_SHARE * _available_memory():
+        raise UserError(f"n_prompts={cfg['n_prompts']:,} needs about {need / 2**30:,.1f} GiB for its error tables, "
+                        f"more than {MEMORY_SHARE:.0%} of the free memory ({_available_memory() / 2**30:,.1f} GiB): "
+                        "ask for fewer prompts")
+
+# -----------------------------------------------------------------------------
+# models, prompts, errors, the score
 
 def build_model(path, task, n_dims, n_pts, dev):
     ckpt = load_checkpoint(path)  # a UserError for a missing, truncated or foreign file
     a = ckpt['model_args']
-    if (a.get('n_dims'), a.get('y_dim')) != (n_dims, tasks.y_dim(task, n_dims)):
-        raise UserError(f"{path}: the model takes x of dimension {a.get('n_dims')} and y of dimension {a.get('y_dim')}, but "
-                        f"these {task} prompts have x of dimension {n_dims} and y of dimension {tasks.y_dim(task, n_dims)}")
+    y_dim = tasks.y_dim(task, n_dims)
+    if (a.get('n_dims'), a.get('y_dim')) != (n_dims, y_dim):
+        raise UserError(f"{path}: the model takes x of dimension {a.get('n_dims')} and y of dimension "
+                        f"{a.get('y_dim')}, but these {task} prompts have x of dimension {n_dims} and y of "
+                        f"dimension {y_dim}")
     if a.get('pos') == 'learned' and n_pts > a.get('n_positions', n_pts):
-        raise UserError(f"{path}: {n_pts} points exceed the model's learned position table (n_positions={a['n_positions']})")
+        raise UserError(f"{path}: {n_pts} points exceed the model's learned position table "
+                        f"(n_positions={a['n_positions']})")
     try:
         model = ICLModel(ModelConfig(**a))
         model.load_state_dict(ckpt['model'])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: cannot rebuild the model (unknown or incompatible architecture?): {str(e).splitlines()[0][:300]}")
+        raise UserError(f"{path}: cannot rebuild the model (unknown or incompatible architecture?): "
+                        f"{str(e).splitlines()[0][:300]}")
     return model.to(dev).eval(), ckpt['step']
 
-def make_prompts(task, variant, n_pts, n_dims, tkw, cfg):
-    g, chunks = torch.Generator().manual_seed(cfg['seed']), []
-    for s in range(0, cfg['n_prompts'], 64):  # 64 at a time whatever batch_size is: the first k*64 never depend on n_prompts
-        b = min(64, cfg['n_prompts'] - s)
-        try:  # (xs, ys, xq, yq): the query of prediction i is xq[:, i], its target yq[:, i]
-            chunks.append(tasks.sample_ood(variant, b, n_pts, n_dims, g) if variant else 2 * tasks.sample(task, b, n_pts, n_dims, g, **tkw))
-        except ValueError as e:
-            raise UserError(f"cannot sample {task} prompts with n_dims={n_dims}, n_points={n_pts}: {e}")
-    xs, ys, xq, yq = (torch.cat(t) for t in zip(*chunks))
-    return xs, ys, (xs if torch.equal(xq, xs) else xq), yq
 
-def run_batched(fn, prompts, task, cfg, desc):  # fn's squared errors, batch_size prompts at a time
-    xs, ys, xq, yq = prompts
-    bs, dev, out = cfg['batch_size'], cfg['device'], []
-    for s in tqdm(range(0, len(xs), bs), desc=desc, leave=False, disable=None):
-        out.append(fn(xs[s:s + bs].to(dev), ys[s:s + bs].to(dev), None if xq is xs else xq[s:s + bs].to(dev)).float().cpu())
-    return sq_err(torch.cat(out), yq, task)
+def prompt_batches(plan, variant, cfg):
+    """the evaluation prompts, batch_size at a time: (xs, ys, xq, yq), the query of prediction i xq[:, i] (None: x_i
+    itself) and its target yq[:, i]. Drawn 64 at a time from one seeded generator whatever batch_size is, so the
+    first k*64 prompts never depend on n_prompts or batch_size."""
+    g = torch.Generator().manual_seed(cfg['seed'])
+    pending = []
+    held = 0
+    for s in range(0, cfg['n_prompts'], 64):
+        b = min(64, cfg['n_prompts'] - s)
+        try:
+            if variant:
+                chunk = tasks.sample_ood(variant, b, plan['n_pts'], plan['n_dims'], g)
+            else:
+                xs, ys = tasks.sample(plan['task'], b, plan['n_pts'], plan['n_dims'], g, **plan['tkw'])
+                chunk = (xs, ys, xs, ys)
+        except ValueError as e:
+            raise UserError(f"cannot sample {plan['task']} prompts with n_dims={plan['n_dims']}, "
+                            f"n_points={plan['n_pts']}: {e}")
+        pending.append(chunk)
+        held += b
+        while held >= cfg['batch_size'] or (s + 64 >= cfg['n_prompts'] and held):
+            xs, ys, xq, yq = (torch.cat(t) for t in zip(*pending))
+            n = min(held, cfg['batch_size'])
+            rest = [t[n:] for t in (xs, ys, xq, yq)]
+            pending = [tuple(rest)] if held > n else []
+            held -= n
+            xs, ys, xq, yq = xs[:n], ys[:n], xq[:n], yq[:n]
+            yield xs, ys, (None if torch.equal(xq, xs) else xq), yq
+
 
 def sq_err(preds, yq, task):
     e = (preds - yq).pow(2).mean(-1)  # (B, N) mean over y dims
-    return e[:, -1:] if task in tasks.PREDICT_LAST else e  # mqar is scored at its query only
+    return e[:, -1:] if tasks.get(task).predict_last else e  # mqar is scored at its query only
+
+
+def errors(fn, plan, variant, cfg, desc):
+    """fn's squared errors on every prompt, (n_prompts, positions scored), batch_size prompts at a time"""
+    out = []
+    total = -(-cfg['n_prompts'] // cfg['batch_size'])
+    for xs, ys, xq, yq in tqdm(prompt_batches(plan, variant, cfg), total=total, desc=desc, leave=False, disable=None):
+        dev = cfg['device']
+        preds = fn(xs.to(dev), ys.to(dev), None if xq is None else xq.to(dev)).float().cpu()
+        out.append(sq_err(preds, yq, plan['task']))
+    return torch.cat(out)
+
 
 def score(err, err0, errb):
     # paper §6: S = sum_i (xi_model - xi_0) / sum_i (xi_base - xi_0), xi = per-position means over the same prompts.
     # As the reference's RegressionScore, S = mean over prompts of mean_i(err - xi_0) / den, so SE = std/sqrt(n)/|den|.
-    # One reduction for all three makes S(base) = 1 and S(zero) = 0 exactly.
-    m = lambda e: e.double().mean(1)  # per-prompt mean over positions
-    num, den = m(err).mean() - m(err0).mean(), m(errb).mean() - m(err0).mean()
-    s, se = (num / den).item(), (m(err).std() / math.sqrt(len(err)) / abs(den)).item()
+    # One reduction for all three makes S(base) = 1 and S(zero) = 0 exactly. A baseline no better than predicting 0
+    # (den = 0) leaves the score undefined: None, never inf or nan.
+    def per_prompt(e):  # mean over positions
+        return e.double().mean(1)
+    num = per_prompt(err).mean() - per_prompt(err0).mean()
+    den = per_prompt(errb).mean() - per_prompt(err0).mean()
+    if den == 0 or not torch.isfinite(num / den):
+        return dict(score=None, se=None, ci95=None)
+    s = (num / den).item()
+    se = (per_prompt(err).std() / math.sqrt(len(err)) / abs(den)).item()
     return dict(score=s, se=se, ci95=[s - 1.96 * se, s + 1.96 * se])
+
 
 def curve(err):
     return dict(mean=err.double().mean(0).tolist(), se=(err.double().std(0) / math.sqrt(len(err))).tolist())
 
+
+def _finite(obj):  # JSON has no inf or nan: such values are written as null
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def fmt_score(s, digits=3):
+    if s['score'] is None:
+        return 'undefined (the baseline does no better than predicting 0)'
+    return f"{s['score']:.{digits}f} ± {1.96 * s['se']:.{digits}f}"
+
 # -----------------------------------------------------------------------------
 # one run
 
-def evaluate_run(run, cfg, cache):
-    paths = find_ckpts(run, cfg['all_ckpts'])
-    rc = load_checkpoint(paths[-1])['config']
-    task = cfg['task'] or rc['task']
-    n_dims, n_pts, tkw = rc['n_dims'], rc['n_points'], {k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}
-    if cfg['variants'] and task != 'linear_regression':
-        raise UserError(f"the OOD suite is defined for linear regression; add --task=linear_regression to evaluate this {task} run on it")
-    base = cfg['score_vs'] or PAPER_BASELINE[task]
-    if base == 'model':
-        base = 'model:' + os.path.basename(os.path.normpath(cfg['baseline_run'])) if cfg['baseline_run'] else FALLBACK[task]
-        if not cfg['baseline_run']:
-            print(f"note: the paper scores {task} against a trained model (pass --baseline_run=out/RUN); using the classical {base} instead")
-    names, results = list(dict.fromkeys([base, *PLOT_BASELINES[task], *cfg['extra']])), {}
+def evaluate_run(plan, cfg, cache, baseline_ckpt):
+    task, base = plan['task'], plan['base']
+    names = list(dict.fromkeys([base, *plan['record'].plot_baselines, *cfg['extra']]))
+    results = {}
     for variant in [''] + cfg['variants']:
-        key = (task, variant, n_pts, n_dims, tuple(sorted(tkw.items())), cfg['seed'], cfg['n_prompts'])
-        if key not in cache:
-            cache[key] = dict(prompts=make_prompts(task, variant, n_pts, n_dims, tkw, cfg))
-        c = cache[key]
+        key = (task, variant, plan['n_pts'], plan['n_dims'], tuple(sorted(plan['tkw'].items())), cfg['seed'],
+               cfg['n_prompts'])
+        c = cache.setdefault(key, {})
         for name in (n for n in ['zero', *names] if n not in c):
-            fn = partial(model_predict, build_model(find_ckpts(cfg['baseline_run'], False)[-1], task, n_dims, n_pts, cfg['device'])[0]) \
-                if name.startswith('model:') else BASELINES[name]
+            if name.startswith('model:'):
+                model = build_model(baseline_ckpt, task, plan['n_dims'], plan['n_pts'], cfg['device'])[0]
+                fn = partial(model_predict, model)
+            else:
+                fn = BASELINES[name]
             try:
-                c[name] = run_batched(fn, c['prompts'], task, cfg, f"{name} {variant or task}")
+                c[name] = errors(fn, plan, variant, cfg, f"{name} {variant or task}")
             except ImportError as e:
-                raise UserError(f"baseline {name} needs the optional package {e.name} (pip install {e.name})")
+                package = PIP_NAMES.get(e.name, e.name)
+                raise UserError(f"baseline {name} needs the optional package {package} (pip install {package})")
         results[variant] = dict(c=c, ckpts=[])
-    for path in paths:  # one model in memory at a time
-        model, step = build_model(path, task, n_dims, n_pts, cfg['device'])
+    seen_steps = set()
+    for path in plan['paths']:  # one model in memory at a time
+        try:
+            model, step = build_model(path, task, plan['n_dims'], plan['n_pts'], cfg['device'])
+        except UserError:
+            if os.path.exists(path) or path == plan['paths'][-1]:
+                raise
+            print(f"note: {path} disappeared while being read (rotated away by a running train.py?); skipped")
+            continue
+        if step in seen_steps:
+            continue  # ckpt.pt as a copy of the last step checkpoint (after cp -r, hard links become copies)
+        seen_steps.add(step)
         for variant, r in results.items():
-            err = run_batched(partial(model_predict, model), r['c']['prompts'], task, cfg, f"step {step} {variant or task}")
-            r['ckpts'].append(dict(step=step, file=os.path.basename(path), **curve(err), score=score(err, r['c']['zero'], r['c'][base])))
+            err = errors(partial(model_predict, model), plan, variant, cfg, f"step {step} {variant or task}")
+            s = score(err, r['c']['zero'], r['c'][base])
+            r['ckpts'].append(dict(step=step, file=os.path.basename(path), **curve(err), score=s))
     rows = []
+    rc = plan['rc']
     for variant, r in results.items():
-        c, tag = r['c'], '_'.join(filter(None, [task, variant, cfg['score_vs'] and 'vs_' + base]))
-        res = dict(run=run, arch=rc.get('arch', '?'), trained_task=rc['task'], task=task, variant=variant or 'standard',
-                   n_prompts=cfg['n_prompts'], n_points=n_pts, n_dims=n_dims, seed=cfg['seed'], score_baseline=base,
-                   positions=list(range(n_pts))[-c['zero'].shape[1]:], score=r['ckpts'][-1]['score'], zero=curve(c['zero']),
-                   baselines={n: dict(**curve(c[n]), score=score(c[n], c['zero'], c[base])) for n in names}, checkpoints=r['ckpts'])
-        with open(os.path.join(run, f'eval_{tag}.json'), 'w') as f:
-            json.dump(res, f, indent=1)
-        s, last = res['score'], r['ckpts'][-1]
-        print(f"{run} | {tag} | step {last['step']} | score vs {base} {s['score']:.3f} ± {1.96 * s['se']:.3f} | error at the last position {last['mean'][-1]:.4g} (zero {res['zero']['mean'][-1]:.4g})")
+        c = r['c']
+        tag = '_'.join(filter(None, [task, variant, cfg['score_vs'] and 'vs_' + base]))
+        positions = list(range(plan['n_pts']))[-c['zero'].shape[1]:]
+        scored = {n: dict(**curve(c[n]), score=score(c[n], c['zero'], c[base])) for n in names}
+        res = dict(run=plan['run'], arch=rc.get('arch', '?'), trained_task=rc['task'], task=task,
+                   variant=variant or 'standard', n_prompts=cfg['n_prompts'], n_points=plan['n_pts'],
+                   n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base, positions=positions,
+                   score=r['ckpts'][-1]['score'], zero=curve(c['zero']), baselines=scored, checkpoints=r['ckpts'])
+        with open(os.path.join(plan['out_dir'], f'eval_{tag}.json'), 'w') as f:
+            json.dump(_finite(res), f, indent=1, allow_nan=False)
+        last = r['ckpts'][-1]
+        print(f"{plan['run']} | {tag} | step {last['step']} | score vs {base} {fmt_score(res['score'])} | "
+              f"error at the last position {last['mean'][-1]:.4g} (zero {res['zero']['mean'][-1]:.4g})")
         if cfg['plot']:
-            draw({f"step {k['step']}": k for k in r['ckpts']}, res, os.path.join(run, f'eval_{tag}.png'), f"{res['arch']} on {tag}")
+            png = os.path.join(plan['out_dir'], f'eval_{tag}.png')
+            draw({f"step {k['step']}": k for k in r['ckpts']}, res, png, f"{res['arch']} on {tag}")
         rows.append(res)
     return rows
 
@@ -194,12 +364,18 @@ def draw(curves, res, path, title):
     plt.switch_backend('agg')  # files only, no display needed
     z = sum(res['zero']['mean']) / len(res['zero']['mean'])  # E[y^2]: the zero predictor sits at 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    x, traj = res['positions'], all(k.startswith('step') for k in curves)  # one run's checkpoints get a colour ramp
-    styles = [(k, v, dict(color=plt.cm.viridis(i / max(1, len(curves) - 1)) if traj and len(curves) > 1 else f'C{i}', lw=2))
-              for i, (k, v) in enumerate(curves.items())]
-    styles += [(n, v, dict(color=f'C{(i + (1 if traj else len(curves))) % 10}', ls='--', lw=1.2)) for i, (n, v) in enumerate(res['baselines'].items())]
+    x = res['positions']
+    trajectory = all(k.startswith('step') for k in curves) and len(curves) > 1  # one run's checkpoints: a ramp
+    styles = []
+    for i, (label, v) in enumerate(curves.items()):
+        color = plt.cm.viridis(i / max(1, len(curves) - 1)) if trajectory else f'C{i}'
+        styles.append((label, v, dict(color=color, lw=2)))
+    first = 1 if trajectory else len(curves)
+    for i, (name, v) in enumerate(res['baselines'].items()):
+        styles.append((name, v, dict(color=f'C{(i + first) % 10}', ls='--', lw=1.2)))
     for label, v, kw in styles:
-        m, se = torch.tensor(v['mean']) / z, torch.tensor(v['se']) / z
+        m = torch.tensor(v['mean']) / z
+        se = torch.tensor(v['se']) / z
         ax.plot(x, m, marker='o' if len(x) == 1 else None, label=label, **kw)
         ax.fill_between(x, m - 2.576 * se, m + 2.576 * se, color=kw['color'], alpha=0.2, lw=0)
     ax.axhline(1.0, color='gray', ls=':', lw=1, label='zero')
@@ -209,38 +385,84 @@ def draw(curves, res, path, title):
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def _suffixes(paths):
+    """the shortest path endings that tell these runs apart (a/gpt2, b/gpt2), the full paths if none does"""
+    parts = [os.path.normpath(os.path.abspath(p)).split(os.sep) for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ['/'.join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [os.path.normpath(p) for p in paths]
+
+
+def row_labels(rows):
+    """one label per row of the score table: the architecture (said to be cross-task when it is), and where two
+    runs would share a label in the same column, their path endings instead"""
+    def arch_label(r):
+        cross = '' if r['task'] == r['trained_task'] else f" (trained on {r['trained_task']})"
+        return r['arch'] + cross
+    labels = [arch_label(r) for r in rows]
+    clashing = set()
+    for i, r in enumerate(rows):
+        for j in range(i):
+            same_run = os.path.normpath(rows[j]['run']) == os.path.normpath(r['run'])
+            if labels[j] == labels[i] and rows[j]['task'] == r['task'] and not same_run:
+                clashing.add(labels[i])
+    which = [i for i, label in enumerate(labels) if label in clashing]
+    if which:
+        for i, name in zip(which, _suffixes([rows[i]['run'] for i in which])):
+            labels[i] = name
+    return labels
+
+
 def write_outputs(rows, prefix, do_plot):
     rows = [r for r in rows if r['variant'] == 'standard']
-    label = lambda r: r['arch'] + ('' if r['task'] == r['trained_task'] else f" (trained on {r['trained_task']})")
-    if len({(label(r), r['task']) for r in rows}) < len(rows):  # two runs of one architecture: name rows by run
-        label = lambda r: os.path.basename(os.path.normpath(r['run']))
-    cols = [t for t in COLUMNS if t != 'mqar' or any(r['task'] == t for r in rows)]  # the paper's five (+ MQAR if run)
+    labels = row_labels(rows)
+    # the paper's five columns, MQAR if run, then any other task evaluated (a task added to tasks.TASKS)
+    cols = [t for t in COLUMNS if t != 'mqar' or any(r['task'] == t for r in rows)]
+    cols += [t for t in dict.fromkeys(r['task'] for r in rows) if t not in COLUMNS]
     table = {}
-    for r in rows:
-        table.setdefault(label(r), {})[r['task']] = r['score']
+    for label, r in zip(labels, rows):
+        table.setdefault(label, {})[r['task']] = r['score']
     keys = sorted(table, key=lambda k: (ARCH_ORDER.index(k) if k in ARCH_ORDER else len(ARCH_ORDER), k))
-    cell = lambda s: '–' if s is None else f"{s['score']:.3f} ± {1.96 * s['se']:.3f}"
-    md = ['| model | ' + ' | '.join(COLUMNS[t] for t in cols) + ' |', '|---' * (len(cols) + 1) + '|']
+
+    def cell(s):
+        return '–' if s is None or s['score'] is None else f"{s['score']:.3f} ± {1.96 * s['se']:.3f}"
+
+    def csv_cell(s):
+        return ',' if s is None or s['score'] is None else f"{s['score']:.6f},{1.96 * s['se']:.6f}"
+    md = ['| model | ' + ' | '.join(COLUMNS.get(t, t) for t in cols) + ' |', '|---' * (len(cols) + 1) + '|']
     md += [f'| {k} | ' + ' | '.join(cell(table[k].get(t)) for t in cols) + ' |' for k in keys]
-    md += ['', 'ICL regression score (paper eq. 1) ± 95% CI; baselines: ' + ', '.join(sorted({f"{COLUMNS[r['task']]}: {r['score_baseline']}" for r in rows}))]
+    bases = sorted({f"{COLUMNS.get(r['task'], r['task'])}: {r['score_baseline']}" for r in rows})
+    md += ['', 'ICL regression score (paper eq. 1) ± 95% CI; baselines: ' + ', '.join(bases)]
     csv = ['model,' + ','.join(f'{t},{t}_ci95' for t in cols)]
-    csv += [k + ',' + ','.join(f"{table[k][t]['score']:.6f},{1.96 * table[k][t]['se']:.6f}" if t in table[k] else ',' for t in cols) for k in keys]
+    csv += [k + ',' + ','.join(csv_cell(table[k].get(t)) for t in cols) for k in keys]
     os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
     for ext, lines in (('.md', md), ('.csv', csv)):
         with open(prefix + ext, 'w') as f:
             f.write('\n'.join(lines) + '\n')
     print(f"wrote {prefix}.md and {prefix}.csv")
     for t in sorted({r['task'] for r in rows}) if do_plot else ():  # one figure per task: every run's last checkpoint
-        group = [r for r in rows if r['task'] == t]
-        group = [r for r in group if (r['n_points'], r['n_dims']) == (group[0]['n_points'], group[0]['n_dims'])]  # same prompts
-        draw({label(r): r['checkpoints'][-1] for r in group}, group[0], f'{prefix}_{t}.png', COLUMNS[t])
+        group = [(label, r) for label, r in zip(labels, rows) if r['task'] == t]
+        shape = (group[0][1]['n_points'], group[0][1]['n_dims'])
+        group = [(label, r) for label, r in group if (r['n_points'], r['n_dims']) == shape]  # the same prompts
+        draw({label: r['checkpoints'][-1] for label, r in group}, group[0][1], f'{prefix}_{t}.png', COLUMNS.get(t, t))
+
 
 def main(argv):
+    if any(a in ('-h', '--help') for a in argv):
+        print(config_help(__file__, __doc__.strip()))
+        return
     runs, cfg = parse_args(argv)
-    cache = {}  # prompts and baseline errors, shared by the runs evaluated on the same task
-    rows = [row for run in runs for row in evaluate_run(run, cfg, cache)]
+    plans = [plan_run(run, cfg) for run in runs]  # every run checked before any evaluation
+    baseline_ckpt = check_baseline_run(cfg, plans)
+    check_memory(cfg, plans)
+    cache = {}  # baseline errors, shared by the runs evaluated on the same prompts
+    rows = [row for plan in plans for row in evaluate_run(plan, cfg, cache, baseline_ckpt)]
     if cfg['out']:
         write_outputs(rows, cfg['out'], cfg['plot'])
+
 
 if __name__ == '__main__':
     try:

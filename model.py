@@ -6,16 +6,24 @@ References
 - Garg et al. 2022 (dtsip/in-context-learning): the ICL wrapper (interleave x and zero-padded y,
   linear read-in, backbone, linear read-out at the x tokens).
 - Campbell et al. 2024, arXiv 2411.03945 (in-context-learning-2024/in-context): the 12 GPT-2 /
-  Llama / Mamba architectures and the quirks of its hybrid engine (`reference_quirks`).
+  Llama / Mamba architectures and the quirks of its hybrid engine (`reference_quirks`, docs/paper.md §3).
 - Park et al. 2024 (MambaFormer): a leading Mamba block instead of positional encoding,
   attention and Mamba alternating, no MLPs.
 - Gu & Dao 2023 (mamba_simple.py) for the Mamba mixer; nanoGPT for names (c_attn, c_proj, ln_1).
 
+The stack: read_in -> [+ learned positions] -> [leading Mamba block] -> n_layer Blocks -> ln_f -> read_out.
+A Block is  x = x + mixer(ln_1(x));  x = x + ffn(ln_2(x)),  the mixer chosen per block by a letter of
+`layer_pattern` (the MIXERS table) and the ffn by `ffn` (the FFNS table). Adding a mixer or an FFN is one
+class and one table row: the block, the config checks, the parameter counts and the init read the tables.
+
 glossary: B batch, N points per prompt, T = 2N tokens, d x dimension, C = n_embd,
           H heads, hs head size, di = d_inner = expand * C, ds = d_state, R = dt_rank
 """
+import functools
 import math
+import re
 from dataclasses import dataclass, fields
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -23,58 +31,6 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ssm_scan import selective_scan, BACKENDS
-
-NORMS, POSITIONS, ATTNS, FFNS = ("layernorm", "rmsnorm"), ("learned", "rope", "none"), ("gpt2", "llama"), ("gelu", "swiglu", "mamba", "none")
-
-
-@dataclass
-class ModelConfig:
-    # icl interface
-    n_dims: int = 20            # x dimension = read-in width (y tokens are zero-padded to it)
-    y_dim: int = 1              # read-out width (n_dims for mqar)
-    n_positions: int = 141      # max points per prompt; the learned table has 2 * n_positions rows
-    # backbone: each block is [norm, mixer, +res] then optionally [norm, ffn, +res]
-    n_layer: int = 12           # number of blocks
-    n_embd: int = 256
-    n_head: int = 8
-    norm: str = "layernorm"     # layernorm | rmsnorm
-    pos: str = "learned"        # learned | rope | none
-    attn: str = "gpt2"          # gpt2: biased fused qkv and proj | llama: no biases
-    ffn: str = "gelu"           # gelu (tanh-GELU MLP) | swiglu | mamba (a Mamba block as FFN) | none
-    ffn_mult: float = 4.0       # FFN hidden = ffn_mult * C; the reference uses 4 for SwiGLU too (not 8/3)
-    mamba_embed: bool = False   # a leading pre-norm Mamba block as "positional embedder" (2.1, 2.3, Park)
-    layer_pattern: str = "A"    # mixer per block, tiled over n_layer: A = attention, M = Mamba
-    # mamba
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 4             # the paper uses 4 "to give similar parameter counts" (Mamba's default is 2)
-    dt_rank: int = 0            # 0 -> ceil(C / 16)
-    scan_backend: str = "auto"  # ssm_scan backend: auto | torch | triton
-    # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4)
-    reference_quirks: bool = False
-
-    def __post_init__(self):
-        for key, allowed in (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS), ("scan_backend", BACKENDS)):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {allowed}")
-        if not self.layer_pattern or set(self.layer_pattern) - set("AM"):
-            raise ValueError(f"layer_pattern={self.layer_pattern!r} must be a non-empty string of A (attention) and M (Mamba)")
-        if "A" in self.layer_pattern and self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
-        for key in ("n_dims", "y_dim", "n_positions", "n_layer", "n_embd", "n_head", "d_state", "d_conv", "expand"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.y_dim > self.n_dims:
-            raise ValueError(f"y_dim={self.y_dim} cannot exceed n_dims={self.n_dims} (y tokens are padded to n_dims)")
-        if self.dt_rank == 0:
-            self.dt_rank = math.ceil(self.n_embd / 16)
-
-    @classmethod
-    def from_dict(cls, cfg):
-        # the flat training config holds these keys among others
-        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
 # -----------------------------------------------------------------------------
 # norms
@@ -86,14 +42,21 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        # normalised in fp32 at least (bf16 autocast hands us bf16 activations), as HF's LlamaRMSNorm; for fp32
+        # and fp64 input the cast is a no-op, so full-precision results are those of the plain formula
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
 
 
-def make_norm(kind, dim, mamba=False):
-    # eps as in the reference: LayerNorm 1e-5; Llama's RMSNorm 1e-6 but 1e-5 inside Mamba blocks
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=1e-5)
-    return RMSNorm(dim, eps=1e-5 if mamba else 1e-6)
+# norm name -> constructor(dim, rms_eps). LayerNorm's eps is 1e-5 everywhere in the reference; RMSNorm's
+# depends on what it sits in front of (each MIXERS / FFNS row says: Llama's 1e-6, HF Mamba's 1e-5)
+NORMS = {
+    "layernorm": lambda dim, rms_eps: nn.LayerNorm(dim, eps=1e-5),
+    "rmsnorm": lambda dim, rms_eps: RMSNorm(dim, eps=rms_eps),
+}
+POSITIONS = ("learned", "rope", "none")
+ATTNS = ("gpt2", "llama")  # gpt2: biased fused qkv and proj | llama: no biases
 
 # -----------------------------------------------------------------------------
 # attention
@@ -121,9 +84,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None):
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
-        q, k, v = (rearrange(t, "b t (h s) -> b h t s", h=self.n_head) for t in (q, k, v))  # (B, H, T, hs)
+        q = rearrange(q, "b t (h s) -> b h t s", h=self.n_head)  # (B, H, T, hs)
+        k = rearrange(k, "b t (h s) -> b h t s", h=self.n_head)
+        v = rearrange(v, "b t (h s) -> b h t s", h=self.n_head)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.c_proj(rearrange(y, "b h t s -> b t (h s)"))
 
@@ -158,13 +124,16 @@ class SwiGLU(nn.Module):
 class MambaMixer(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        C, di, ds, R = cfg.n_embd, cfg.expand * cfg.n_embd, cfg.d_state, cfg.dt_rank
-        self.ds, self.R, self.backend = ds, R, cfg.scan_backend
+        C = cfg.n_embd
+        di = cfg.expand * cfg.n_embd
+        self.ds = cfg.d_state
+        self.R = cfg.dt_rank
+        self.backend = cfg.scan_backend
         self.in_proj = nn.Linear(C, 2 * di, bias=False)  # x and the gate z
         self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1)  # depthwise, causal after trim
-        self.x_proj = nn.Linear(di, R + 2 * ds, bias=False)  # (dt_low, B, C), input-dependent
-        self.dt_proj = nn.Linear(R, di)
-        self.A_log = nn.Parameter(torch.empty(di, ds))
+        self.x_proj = nn.Linear(di, self.R + 2 * self.ds, bias=False)  # (dt_low, B, C), input-dependent
+        self.dt_proj = nn.Linear(self.R, di)
+        self.A_log = nn.Parameter(torch.empty(di, self.ds))
         self.D = nn.Parameter(torch.empty(di))
         self.out_proj = nn.Linear(di, C, bias=False)
 
@@ -175,47 +144,218 @@ class MambaMixer(nn.Module):
         dt, Bm, Cm = self.x_proj(x.transpose(1, 2)).split([self.R, self.ds, self.ds], dim=-1)
         dt = dt @ self.dt_proj.weight.t()                             # (B, T, di); bias is added inside the scan
         A = -torch.exp(self.A_log.float())                            # (di, ds), negative: a stable decay
+        # (B, di, T) views of (B, T, .) tensors: the transposes are not copies
         y = selective_scan(x, dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
                            z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           backend=self.backend,                      # (B, di, T); transposes are views, no copies
-                           deterministic=torch.are_deterministic_algorithms_enabled())  # fixed-order dB/dC sums on GPU
+                           backend=self.backend,
+                           deterministic=torch.are_deterministic_algorithms_enabled())  # fixed-order sums on GPU
         return self.out_proj(y.transpose(1, 2))
 
-# -----------------------------------------------------------------------------
-# blocks and the stack
 
 class MambaBlock(nn.Module):
-    """pre-norm Mamba with a residual, as a positional embedder or in the FFN slot. With
-    reference_quirks the reference's extra residual marker doubles the stream: x <- 2x + mixer(norm(x))."""
+    """the leading pre-norm Mamba block, used as "positional embedder" (2.1, 2.3, Park): x + mixer(norm(x)).
+    With reference_quirks the reference's extra residual marker doubles the stream: 2x + mixer(norm(x))."""
     def __init__(self, cfg):
         super().__init__()
-        self.norm = make_norm(cfg.norm, cfg.n_embd, mamba=True)
+        self.norm = NORMS[cfg.norm](cfg.n_embd, MIXERS["M"].rms_eps)
         self.mixer = MambaMixer(cfg)
         self.skip = 2.0 if cfg.reference_quirks else 1.0
 
     def forward(self, x, rope=None):
         return self.skip * x + self.mixer(self.norm(x))
 
+# -----------------------------------------------------------------------------
+# init rules, one pair per module kind: the clean default, and what the reference package ends up with
+# (reference_quirks=True; `family` is reference_family(cfg), docs/paper.md §3.4). Each rule sets every
+# parameter of its module; the draws happen in module order, so a seed fixes the weights.
+
+STD = 0.02  # GPT-2's and Llama's N(0, 0.02)
+
+
+def _normal(linear, std):  # weight N(0, std), bias 0
+    nn.init.normal_(linear.weight, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def _residual_std(cfg):  # GPT-2's scaled init of the projections that write into the residual stream
+    return STD / math.sqrt(2 * cfg.n_layer)
+
+
+def init_linears(mod, cfg):
+    """clean rule for a module of Linear layers: N(0, 0.02), and N(0, 0.02 / sqrt(2 n_layer)) for the one named
+    c_proj (it writes into the residual stream). Any new module of Linears can use it."""
+    for name, linear in mod.named_children():
+        _normal(linear, _residual_std(cfg) if name == "c_proj" else STD)
+
+
+def init_linears_reference(mod, cfg, family):
+    """reference rule for attention and MLPs: HF GPT-2 modules (GELU MLP, gpt2 attention) get N(0, 0.02),
+    scaled for c_proj only inside a real HF GPT2Model; a pure HF Llama gets N(0, 0.02) unscaled; Llama modules
+    built outside HF (in a hybrid) keep PyTorch's default init."""
+    hf_gpt2_module = isinstance(mod, MLP) or (isinstance(mod, CausalSelfAttention) and cfg.attn == "gpt2")
+    resid_std = _residual_std(cfg) if family == "gpt2" else STD
+    for name, linear in mod.named_children():
+        if family == "hybrid" and not hf_gpt2_module:
+            linear.reset_parameters()  # LlamaAttention / LlamaMLP built outside HF: torch default
+        else:
+            _normal(linear, resid_std if name == "c_proj" else STD)
+
+
+def _mamba_dynamics(mod, dt_init):
+    # A_log = log(1..ds) (A = -1..-ds), D = 1, and with dt_init the dt_proj init of HF / mamba_simple: weight
+    # U(+-R^-0.5), bias = softplus^-1(dt) for dt log-uniform in [1e-3, 0.1] (floor 1e-4)
+    if dt_init:
+        nn.init.uniform_(mod.dt_proj.weight, -mod.R ** -0.5, mod.R ** -0.5)
+        dt = torch.exp(torch.rand(mod.dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp(min=1e-4)
+        mod.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+    ds = torch.arange(1, mod.ds + 1, dtype=torch.float32)
+    mod.A_log.copy_(torch.log(ds).repeat(mod.A_log.shape[0], 1))
+    nn.init.ones_(mod.D)
+
+
+def init_mamba(mod, cfg):
+    """clean rule: linears N(0, 0.02) (out_proj then N(0, 0.02 / sqrt(2 n_layer))), conv1d PyTorch default,
+    Mamba's dt, A and D init."""
+    for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
+        _normal(linear, STD)
+    mod.conv1d.reset_parameters()
+    mod.out_proj.weight.normal_(0.0, _residual_std(cfg))
+    _mamba_dynamics(mod, dt_init=True)
+
+
+def init_mamba_reference(mod, cfg, family):
+    """reference rule: HF MambaModel (pure Mamba) keeps PyTorch-default linears with its dt init and out_proj /
+    sqrt(n_layer); a Mamba block inside the hybrid engine keeps PyTorch defaults throughout (no dt init)."""
+    for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
+        linear.reset_parameters()
+    mod.conv1d.reset_parameters()
+    if family == "mamba":
+        mod.out_proj.weight /= math.sqrt(cfg.n_layer)
+    _mamba_dynamics(mod, dt_init=family != "hybrid")
+
+# -----------------------------------------------------------------------------
+# the tables: what each letter of layer_pattern and each ffn name builds
+
+@dataclass(frozen=True)
+class Kind:
+    module: type                       # built as module(cfg); forward(x, rope=None)
+    group: str                         # its group in ICLModel.param_counts
+    rms_eps: float                     # eps of an RMSNorm in front of it
+    init: Callable                     # clean init rule: init(module, cfg)
+    init_reference: Callable           # reference_quirks init rule: init_reference(module, cfg, family)
+    uses_heads: bool = False           # n_embd must divide into n_head heads
+    # None: a plain residual, x + f(norm(x)). A float s: a scaled one, s x + f(norm(x)), with s = this value under
+    # reference_quirks and 1 without; the multiply stays even at 1 (autograd's sum order, so the bits, follow it)
+    reference_skip: Optional[float] = None
+
+
+MIXERS = {  # layer_pattern letters
+    "A": Kind(CausalSelfAttention, "attention", 1e-6, init_linears, init_linears_reference, uses_heads=True),
+    "M": Kind(MambaMixer, "mamba", 1e-5, init_mamba, init_mamba_reference),
+}
+FFNS = {  # ffn names; "none": mixer-only blocks (Mamba, MambaFormer)
+    "gelu": Kind(MLP, "mlp", 1e-6, init_linears, init_linears_reference),
+    "swiglu": Kind(SwiGLU, "mlp", 1e-6, init_linears, init_linears_reference),
+    # a whole Mamba block as FFN (2.2, 2.3); the reference's residual marker after it doubles the stream
+    "mamba": Kind(MambaMixer, "mamba", 1e-5, init_mamba, init_mamba_reference, reference_skip=2.0),
+    "none": None,
+}
+
+# -----------------------------------------------------------------------------
+# config
+
+@dataclass
+class ModelConfig:
+    # icl interface
+    n_dims: int = 20            # x dimension = read-in width (y tokens are zero-padded to it)
+    y_dim: int = 1              # read-out width (n_dims for mqar)
+    n_positions: int = 141      # max points per prompt; the learned table has 2 * n_positions rows
+    # backbone: each block is [norm, mixer, +res] then optionally [norm, ffn, +res]
+    n_layer: int = 12           # number of blocks
+    n_embd: int = 256
+    n_head: int = 8
+    norm: str = "layernorm"     # a NORMS name: layernorm | rmsnorm
+    pos: str = "learned"        # learned | rope | none
+    attn: str = "gpt2"          # gpt2: biased fused qkv and proj | llama: no biases
+    ffn: str = "gelu"           # an FFNS name: gelu (tanh-GELU MLP) | swiglu | mamba (a Mamba block) | none
+    ffn_mult: float = 4.0       # FFN hidden = ffn_mult * C; the reference uses 4 for SwiGLU too (not 8/3)
+    mamba_embed: bool = False   # a leading pre-norm Mamba block as "positional embedder" (2.1, 2.3, Park)
+    layer_pattern: str = "A"    # mixer per block, tiled over n_layer: MIXERS letters, A = attention, M = Mamba
+    # mamba
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 4             # the paper uses 4 "to give similar parameter counts" (Mamba's default is 2)
+    dt_rank: int = 0            # 0 -> ceil(C / 16)
+    scan_backend: str = "auto"  # ssm_scan backend: auto | torch | cpu | triton
+    # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4)
+    reference_quirks: bool = False
+
+    def __post_init__(self):
+        choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS), ("scan_backend", BACKENDS))
+        for key, allowed in choices:
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        if not self.layer_pattern or set(self.layer_pattern) - set(MIXERS):
+            raise ValueError(f"layer_pattern={self.layer_pattern!r} must be a non-empty string of the MIXERS letters "
+                             f"({', '.join(MIXERS)})")
+        uses_heads = any(MIXERS[letter].uses_heads for letter in self.layer_pattern)
+        if uses_heads and self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
+        for key in ("n_dims", "y_dim", "n_positions", "n_layer", "n_embd", "n_head", "d_state", "d_conv", "expand"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.y_dim > self.n_dims:
+            raise ValueError(f"y_dim={self.y_dim} cannot exceed n_dims={self.n_dims} (y tokens are padded to n_dims)")
+        if self.dt_rank == 0:
+            self.dt_rank = math.ceil(self.n_embd / 16)
+
+    @classmethod
+    def from_dict(cls, cfg):
+        # the flat training config holds these keys among others
+        return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
+
+    def blocks(self):
+        """the mixer letter of each block: layer_pattern tiled over n_layer"""
+        return [self.layer_pattern[i % len(self.layer_pattern)] for i in range(self.n_layer)]
+
+# -----------------------------------------------------------------------------
+# the block and the stack
 
 class Block(nn.Module):
-    def __init__(self, cfg, kind):
+    def __init__(self, cfg, letter):
         super().__init__()
-        self.ln_1 = make_norm(cfg.norm, cfg.n_embd, mamba=kind == "M")
-        self.mixer = CausalSelfAttention(cfg) if kind == "A" else MambaMixer(cfg)
+        mixer = MIXERS[letter]
+        ffn = FFNS[cfg.ffn]
+        self.ln_1 = NORMS[cfg.norm](cfg.n_embd, mixer.rms_eps)
+        self.mixer = mixer.module(cfg)
         self.ffn = None
-        if cfg.ffn == "mamba":
-            self.ffn = MambaBlock(cfg)  # carries its own norm and residual
-        elif cfg.ffn != "none":
-            self.ln_2 = make_norm(cfg.norm, cfg.n_embd)
-            self.ffn = (MLP if cfg.ffn == "gelu" else SwiGLU)(cfg)
+        self.skip = None
+        if ffn is not None:
+            self.ln_2 = NORMS[cfg.norm](cfg.n_embd, ffn.rms_eps)
+            self.ffn = ffn.module(cfg)
+            if ffn.reference_skip is not None:
+                self.skip = ffn.reference_skip if cfg.reference_quirks else 1.0
 
     def forward(self, x, rope=None):
         x = x + self.mixer(self.ln_1(x), rope)
-        if isinstance(self.ffn, MambaBlock):
-            return self.ffn(x)
         if self.ffn is not None:
-            x = x + self.ffn(self.ln_2(x))
+            residual = x if self.skip is None else self.skip * x
+            x = residual + self.ffn(self.ln_2(x))
         return x
+
+
+def _rename_mamba_ffn_keys(module, state_dict, prefix, *args):
+    # checkpoints written before the MIXERS / FFNS tables held a Mamba FFN as h.<i>.ffn.norm and h.<i>.ffn.mixer:
+    # today that norm is h.<i>.ln_2 and the mixer h.<i>.ffn (same tensors, same math)
+    for key in list(state_dict):
+        m = re.fullmatch(rf"{re.escape(prefix)}h\.(\d+)\.ffn\.(norm|mixer)\.(.+)", key)
+        if m:
+            part = "ln_2" if m[2] == "norm" else "ffn"
+            state_dict[f"{prefix}h.{m[1]}.{part}.{m[3]}"] = state_dict.pop(key)
 
 
 class ICLModel(nn.Module):
@@ -227,18 +367,25 @@ class ICLModel(nn.Module):
         self.read_in = nn.Linear(cfg.n_dims, C)
         self.wpe = nn.Embedding(2 * cfg.n_positions, C) if cfg.pos == "learned" else None
         self.embed = MambaBlock(cfg) if cfg.mamba_embed else None
-        self.h = nn.ModuleList(Block(cfg, cfg.layer_pattern[i % len(cfg.layer_pattern)]) for i in range(cfg.n_layer))
-        self.ln_f = make_norm(cfg.norm, C, mamba=cfg.layer_pattern == "M" * len(cfg.layer_pattern))
+        self.h = nn.ModuleList(Block(cfg, letter) for letter in cfg.blocks())
+        # the final norm's eps: HF Mamba's (1e-5) for a pure-Mamba stack, else Llama's (1e-6)
+        final_eps = 1e-5 if set(cfg.layer_pattern) == {"M"} else 1e-6
+        self.ln_f = NORMS[cfg.norm](C, final_eps)
         self.read_out = nn.Linear(C, cfg.y_dim)
-        init_weights(self)
+        self.register_load_state_dict_pre_hook(_rename_mamba_ffn_keys)
+        if cfg.reference_quirks:
+            init_reference(self)
+        else:
+            init_clean(self)
 
     def forward(self, xs, ys):
         B, N, d = xs.shape
         if d != self.cfg.n_dims or ys.shape[-1] != self.cfg.y_dim:
-            raise ValueError(f"model was built for x of dimension {self.cfg.n_dims} and y of dimension {self.cfg.y_dim}, "
-                             f"got x {tuple(xs.shape)} and y {tuple(ys.shape)}")
+            raise ValueError(f"model was built for x of dimension {self.cfg.n_dims} and y of dimension "
+                             f"{self.cfg.y_dim}, got x {tuple(xs.shape)} and y {tuple(ys.shape)}")
         if self.wpe is not None and N > self.cfg.n_positions:
-            raise ValueError(f"prompt has {N} points but the learned position table holds n_positions={self.cfg.n_positions}")
+            raise ValueError(f"prompt has {N} points but the learned position table holds "
+                             f"n_positions={self.cfg.n_positions}")
         z = torch.stack((xs, F.pad(ys, (0, d - ys.shape[-1]))), dim=2)  # (B, N, 2, d): x_i then [y_i, 0, ..., 0]
         h = self.read_in(rearrange(z, "b n two d -> b (n two) d"))     # (B, T, C)
         T = h.shape[1]
@@ -246,22 +393,23 @@ class ICLModel(nn.Module):
             h = h + self.wpe(torch.arange(T, device=h.device))
         if self.embed is not None:
             h = self.embed(h)
-        rope = rope_cache(T, self.cfg.n_embd // self.cfg.n_head, h.device) if self.cfg.pos == "rope" else None
-        if rope is not None:
-            rope = tuple(r.to(h.dtype) for r in rope)
+        rope = None
+        if self.cfg.pos == "rope":
+            cos, sin = rope_cache(T, self.cfg.n_embd // self.cfg.n_head, h.device)
+            rope = (cos.to(h.dtype), sin.to(h.dtype))
         for block in self.h:
             h = block(h, rope)
         return self.read_out(self.ln_f(h)[:, ::2])                      # (B, N, y_dim), read at the x tokens
 
     def param_counts(self):
         """parameter counts by group; backbone = everything but read-in/out (the paper's §3.5 convention)."""
-        kinds = ((CausalSelfAttention, "attention"), ((MLP, SwiGLU), "mlp"), (MambaMixer, "mamba"),
-                 ((nn.LayerNorm, RMSNorm), "norm"), (nn.Embedding, "embeddings"))
-        groups = dict(read_in_out=0, **{g: 0 for _, g in kinds})
+        groups = dict(read_in_out=0, attention=0, mlp=0, mamba=0, norm=0, embeddings=0)
+        group_of = {kind.module: kind.group for kind in _table_kinds()}
+        group_of.update({nn.LayerNorm: "norm", RMSNorm: "norm", nn.Embedding: "embeddings"})
         for name, mod in self.named_modules():  # these module kinds never nest inside one another
-            group = "read_in_out" if name in ("read_in", "read_out") else next((g for t, g in kinds if isinstance(mod, t)), None)
+            group = "read_in_out" if name in ("read_in", "read_out") else group_of.get(type(mod))
             if group:
-                groups[group] += sum(p.numel() for p in mod.parameters())
+                groups[group] = groups.get(group, 0) + sum(p.numel() for p in mod.parameters())
         groups["backbone"] = sum(v for k, v in groups.items() if k != "read_in_out")
         groups["total"] = sum(p.numel() for p in self.parameters())
         assert groups["total"] == groups["backbone"] + groups["read_in_out"], "a parameter escaped the groups"
@@ -278,7 +426,7 @@ class ICLModel(nn.Module):
         return groups
 
 # -----------------------------------------------------------------------------
-# init: one explicit function that sets every parameter
+# init: one walk over the modules in order, each module set by its table's rule
 
 def reference_family(cfg):
     """which model of the reference package this config is: its pure models are HuggingFace models
@@ -293,62 +441,50 @@ def reference_family(cfg):
     return "hybrid"
 
 
-@torch.no_grad()
-def init_weights(model):
-    """clean default (all families alike): weights N(0, 0.02), biases 0, residual-output projections
-    (c_proj, Mamba out_proj) N(0, 0.02 / sqrt(2 * n_layer)), learned positions N(0, 0.02), Mamba
-    A_log = log(1..ds), D = 1, dt_proj weight U(+-R^-0.5), dt_proj bias = softplus^-1(dt) with dt
-    log-uniform in [1e-3, 0.1] (floor 1e-4), conv1d and read-in/out PyTorch defaults.
-
-    reference_quirks=True: what the reference package ends up with (docs/paper.md §3.4): pure GPT-2 as
-    above; pure Llama N(0, 0.02) unscaled; pure Mamba = HF (default Linear, dt init, out_proj / sqrt(L));
-    hybrids get no HF init at all: GPT-2 modules N(0, 0.02) unscaled (HF Conv1D's own init), Llama
-    and Mamba linears PyTorch defaults (dt_proj included), position table N(0, 1)."""
-    cfg, std = model.cfg, 0.02
-    family = reference_family(cfg) if cfg.reference_quirks else "clean"
-    resid_std = std / math.sqrt(2 * cfg.n_layer) if family in ("clean", "gpt2") else std
-    seen = set()
-
-    def normal(lin, s):
-        nn.init.normal_(lin.weight, std=s)
-        if lin.bias is not None:
-            nn.init.zeros_(lin.bias)
-
+def _init_walk(model, rules, position_std):
+    # norms: ones (and zero bias); read-in/out: PyTorch default, as the reference; the position table
+    # N(0, position_std); every other module with parameters by rules[its class]
+    covered = set()
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.LayerNorm, RMSNorm)):
             nn.init.ones_(mod.weight)
             if getattr(mod, "bias", None) is not None:
                 nn.init.zeros_(mod.bias)
-        elif isinstance(mod, (CausalSelfAttention, MLP, SwiGLU)):
-            hf_gpt2_module = isinstance(mod, MLP) or (isinstance(mod, CausalSelfAttention) and cfg.attn == "gpt2")
-            for lname, lin in mod.named_children():
-                if family == "hybrid" and not hf_gpt2_module:
-                    lin.reset_parameters()  # LlamaAttention / LlamaMLP built outside HF: torch default
-                else:
-                    normal(lin, resid_std if lname == "c_proj" else std)
-        elif isinstance(mod, MambaMixer):
-            torch_default = family in ("mamba", "hybrid")
-            for lin in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
-                lin.reset_parameters() if torch_default else normal(lin, std)
-            mod.conv1d.reset_parameters()
-            if family == "mamba":
-                mod.out_proj.weight /= math.sqrt(cfg.n_layer)
-            elif not torch_default:
-                mod.out_proj.weight.normal_(0.0, resid_std)
-            if family != "hybrid":
-                nn.init.uniform_(mod.dt_proj.weight, -mod.R ** -0.5, mod.R ** -0.5)
-                dt = torch.exp(torch.rand(mod.dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-                dt = dt.clamp(min=1e-4)
-                mod.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
-            mod.A_log.copy_(torch.log(torch.arange(1, mod.ds + 1, dtype=torch.float32)).repeat(mod.A_log.shape[0], 1))
-            nn.init.ones_(mod.D)
-        elif name == "wpe":
-            nn.init.normal_(mod.weight, std=1.0 if family == "hybrid" else std)
         elif name in ("read_in", "read_out"):
-            mod.reset_parameters()  # PyTorch default, as the reference
+            mod.reset_parameters()
+        elif name == "wpe":
+            nn.init.normal_(mod.weight, std=position_std)
+        elif type(mod) in rules:
+            rules[type(mod)](mod)
         else:
             continue
-        seen.update(id(p) for p in mod.parameters())
-    missed = [n for n, p in model.named_parameters() if id(p) not in seen]
-    if missed:
-        raise RuntimeError(f"init_weights has no rule for {missed}")
+        covered.update(id(p) for p in mod.parameters())
+    for name, p in model.named_parameters():
+        if id(p) not in covered:
+            raise RuntimeError(f"no init rule covers parameter {name!r}: give its module's row in model.py's MIXERS "
+                               "or FFNS table an init and init_reference rule (init_linears fits a module of Linears)")
+
+
+def _table_kinds():
+    return [kind for kind in (*MIXERS.values(), *FFNS.values()) if kind is not None]
+
+
+@torch.no_grad()
+def init_clean(model):
+    """the default, one rule for every family: weights N(0, 0.02), biases 0, residual-output projections
+    (c_proj, Mamba out_proj) N(0, 0.02 / sqrt(2 n_layer)), learned positions N(0, 0.02), Mamba A_log = log(1..ds),
+    D = 1 and the dt init, conv1d and read-in/out PyTorch defaults."""
+    rules = {kind.module: functools.partial(kind.init, cfg=model.cfg) for kind in _table_kinds() if kind.init}
+    _init_walk(model, rules, position_std=STD)
+
+
+@torch.no_grad()
+def init_reference(model):
+    """reference_quirks=True: what the reference package ends up with (docs/paper.md §3.4). Pure GPT-2 as
+    init_clean; pure Llama N(0, 0.02) unscaled; pure Mamba = HF (default Linear, dt init, out_proj / sqrt(L));
+    hybrids get no HF init at all: GPT-2 modules N(0, 0.02) unscaled (HF Conv1D's own init), Llama and Mamba
+    linears PyTorch defaults (dt_proj included), position table N(0, 1)."""
+    family = reference_family(model.cfg)
+    rules = {kind.module: functools.partial(kind.init_reference, cfg=model.cfg, family=family)
+             for kind in _table_kinds() if kind.init_reference}
+    _init_walk(model, rules, position_std=1.0 if family == "hybrid" else STD)

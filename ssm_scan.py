@@ -2,56 +2,122 @@
 Selective scan (Mamba-1 "S6"), the recurrent core of every Mamba block in model.py.
 
     out = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         backend="auto")
+                         backend="auto", deterministic=False, return_last_state=False)
 
 Semantics are mamba_ssm's `selective_scan_fn` (real A, variable B/C, one group), per batch b,
 channel d, state n, time t:
 
     dt[t]  = softplus(delta[t] + delta_bias[d])      (bias / softplus optional)
-    h[t]   = exp(dt[t] * A[d,n]) * h[t-1] + dt[t] * B[n,t] * u[t]      h[-1] = 0
+    a[t]   = exp(dt[t] * A[d,n])                     the decay, in (0, 1] since A < 0 and dt > 0
+    x[t]   = dt[t] * B[n,t] * u[t]                   the input of the state
+    h[t]   = a[t] * h[t-1] + x[t]                    h[-1] = 0
     y[t]   = sum_n C[n,t] * h[t] + D[d] * u[t]
     out[t] = y[t] * silu(z[t])
 
 glossary (lowercase shapes so A, B, C, D keep their paper names):
     b batch, d channels (d_inner = expand * n_embd), l sequence length, n d_state (16)
     u, delta, z: (b, d, l)   A: (d, n)   B, C: (b, n, l)   D, delta_bias: (d,)
+return_last_state=True returns (out, h[l-1]) with the state (b, d, n) in fp32 (fp64 for fp64 inputs), as
+mamba_ssm does; no gradient flows through the state.
 
-Backends
-- "torch": pure PyTorch. A hand-written autograd.Function whose backward recomputes the states
-  chunk by chunk instead of storing the (b, d, l, n) tensor, so a paper-size Mamba (64 x 1024 x 282
-  x 16) trains in a few GB on CPU. The time loop iterates `unbind`-style slices of time-major
-  buffers: index-slicing a materialised tensor inside the loop (what mamba's selective_scan_ref
-  does) makes autograd's backward quadratic in l (docs/scan.md §1.3). Math in fp32, or fp64 for
-  fp64 inputs, so gradcheck is meaningful.
-- "triton": a handwritten Triton kernel, forward and backward, fp32 math (fp64 for fp64), any strides;
-  deterministic=True sums dB/dC in a fixed order, not with atomics. CPU tensors: TRITON_INTERPRET=1.
-- "auto": triton for CUDA tensors when triton imports, else torch. SSM_SCAN_BACKEND=torch|triton
-  overrides "auto" for A/B checks.
+Backends, one contract (any strides in, u's dtype out, math in fp32, or fp64 for fp64 inputs):
+- "torch": pure PyTorch, the reference. An autograd.Function whose backward recomputes the states chunk
+  by chunk from the states saved at chunk starts instead of storing the (b, d, l, n) tensor.
+- "cpu": a fused C++ loop, compiled on first use with the system's C++ compiler and cached; the same
+  recompute-from-chunk-starts backward, bitwise repeatable whatever the thread count.
+- "triton": a handwritten Triton kernel pair, forward and backward, on CUDA tensors (CPU tensors under
+  TRITON_INTERPRET=1, set before this module is imported: how the tests run it).
+- "auto": triton for CUDA tensors, cpu for CPU tensors; if that kernel cannot be built or launched, the
+  torch backend, with one line on stderr saying why. SSM_SCAN_BACKEND=torch|cpu|triton overrides "auto".
+`selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle.
+`python ssm_scan.py` checks the kernels against the fp64 reference and prints a timing table.
 
-`selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle and the benchmark's baseline.
-
-`python ssm_scan.py` checks triton against the reference and prints a timing table.
+The backward, derived (every backend computes this). With g = dloss/dout and sigma the sigmoid:
+    ybar[t] = g[t] * silu(z[t])                                  dloss/dy
+    dz[t]   = g[t] * y[t] * sigma(z) * (1 + z (1 - sigma(z)))
+    dh[t]   = ybar[t] C[n,t] + a[t+1] dh[t+1],  dh[l-1] = ybar C  the adjoint: a scan run backwards in time
+    dC[n,t] = sum_d ybar[t] h[t]          dB[n,t] = sum_d dh[t] dt[t] u[t]
+    du[t]   = D ybar[t] + dt[t] sum_n dh[t] B[n,t]
+    ddt[t]  = sum_n dh[t] (u[t] B[n,t] + A[d,n] a[t] h[t-1])
+    dA[d,n] = sum_{b,t} dh[t] dt[t] a[t] h[t-1]       dD[d] = sum_{b,t} ybar[t] u[t]
+    ddelta  = ddt * sigma(delta + bias) (softplus' derivative; 1 above 20), dbias[d] = sum_{b,t} ddelta
+The terms in a[t] h[t-1] need the previous state while the adjoint walks time backwards. From the
+recurrence, a[t] h[t-1] = h[t] - x[t]: the current state suffices, no shifted copy of h is kept (the
+trick of mamba's CUDA kernel). Only the states at chunk starts are saved in the forward; the backward
+re-runs each chunk's forward from its saved state, right to left, then the adjoint scan over it.
 """
+import ctypes
+import hashlib
 import importlib.util
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 import torch
 import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
+# input checks: what no backend can compute gets a ValueError naming the argument, not a wrong answer
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+    """raise ValueError for an argument of the wrong rank, shape, dtype or device."""
+    def fail(name, t, expected):
+        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; expected {expected}")
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.dtype not in floats:
+        raise ValueError(f"selective_scan: u must be a real floating (b, d, l) tensor, got "
+                         f"{_shape(u) if isinstance(u, torch.Tensor) else type(u).__name__}")
+    b, d, l = u.shape
+    args = dict(delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    for name, t in args.items():
+        if t is None:
+            if name in ("delta", "A", "B", "C"):
+                raise ValueError(f"selective_scan: {name} is required")
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"selective_scan: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in floats:
+            what = "complex A is not supported (real A only)" if t.is_complex() else "a real floating dtype"
+            fail(name, t, what)
+        if t.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
+    n = A.shape[1] if A.dim() == 2 else None
+    if A.dim() != 2 or A.shape[0] != d:
+        fail("A", A, f"(d, n) with d = {d}")
+    for name in ("delta", "z"):
+        if args[name] is not None and _shape(args[name]) != (b, d, l):
+            fail(name, args[name], f"(b, d, l) = {(b, d, l)}, like u")
+    for name in ("B", "C"):
+        if _shape(args[name]) != (b, n, l):
+            fail(name, args[name], f"(b, n, l) = {(b, n, l)} (variable, one group: grouped (b, g, n, l) "
+                                   "and constant (d, n) B/C are not supported)")
+    for name in ("D", "delta_bias"):
+        if args[name] is not None and _shape(args[name]) != (d,):
+            fail(name, args[name], f"(d,) = ({d},)")
+
+# -----------------------------------------------------------------------------
 # pure-PyTorch reference
 
 def _chunk_len(b, d, n, l, cuda=False):
-    # time steps per chunk: (T, b, d, n) buffers of ~1M elements on CPU stay in cache across passes (1.5x vs 16M); GPU 16M.
-    # At least l/16 steps, so the saved chunk-start states stay within 16 * b*d*n however large b*d*n gets.
-    return max(1, min(l, max(-(-l // 16), (1 << (24 if cuda else 20)) // max(1, b * d * n))))
+    # time steps per chunk: (T, b, d, n) buffers of ~1M elements on CPU stay in cache across passes (1.5x vs 16M);
+    # GPU 16M. At least l/16 steps, so the saved chunk-start states stay within 16 * b*d*n however large b*d*n gets.
+    per_chunk = (1 << (24 if cuda else 20)) // max(1, b * d * n)
+    return max(1, min(l, max(-(-l // 16), per_chunk)))
 
 
 def _chunk(h, u, dt, A, B):
-    # one chunk from its incoming state h (b, d, n); u, dt (T, b, d), B (T, b, n) -> decays, inputs, states, each
-    # (T, b, d, n), and the outgoing state. The backward calls it again to recompute what the forward did not keep.
-    dA, dBu = torch.exp(dt[..., None] * A), (dt * u)[..., None] * B[:, :, None, :]
+    # one chunk from its incoming state h (b, d, n); u, dt (T, b, d), B (T, b, n) -> decays, inputs, states,
+    # each (T, b, d, n), and the outgoing state. The backward calls it again to recompute what the forward dropped.
+    dA = torch.exp(dt[..., None] * A)
+    dBu = (dt * u)[..., None] * B[:, :, None, :]
     hs = torch.empty_like(dA)
     for a, x, o in zip(dA, dBu, hs):       # zip over leading dim = unbind: no per-step index copies
         h = torch.addcmul(x, a, h, out=o)  # h[t] = a[t] * h[t-1] + x[t], written in place
@@ -59,12 +125,13 @@ def _chunk(h, u, dt, A, B):
 
 
 class _ScanTorch(torch.autograd.Function):
-    """y = scan(u, dt, A, B, C) on time-major inputs: u, dt (l, b, d); B, C (l, b, n); A (d, n).
+    """y, last state = scan(u, dt, A, B, C) on time-major inputs: u, dt (l, b, d); B, C (l, b, n); A (d, n).
     Bias, softplus, the D skip and the z gate stay in plain autograd around this (cheap, elementwise)."""
 
     @staticmethod
     def forward(ctx, u, dt, A, B, C):
-        (l, b, d), n = u.shape, A.shape[1]
+        l, b, d = u.shape
+        n = A.shape[1]
         T = _chunk_len(b, d, n, l, u.is_cuda)
         y = u.new_empty(l, b, d)
         h = u.new_zeros(b, d, n)
@@ -76,58 +143,73 @@ class _ScanTorch(torch.autograd.Function):
             y[s:e] = (hs.flatten(0, 1) @ C[s:e].flatten(0, 1)[..., None]).view(e - s, b, d)  # sum_n h*C
         ctx.save_for_backward(u, dt, A, B, C, *h0)
         ctx.T = T
-        return y
+        ctx.mark_non_differentiable(h)
+        return y, h
 
     @staticmethod
-    def backward(ctx, gy):
+    def backward(ctx, gy, _glast):
         u, dt, A, B, C, *h0 = ctx.saved_tensors
-        (l, b, d), n = u.shape, A.shape[1]
+        l, b, d = u.shape
+        n = A.shape[1]
         T = ctx.T
         gy = gy.contiguous()
-        du, ddt, dB, dC = torch.empty_like(u), torch.empty_like(dt), torch.empty_like(B), torch.empty_like(C)
+        du = torch.empty_like(u)
+        ddt = torch.empty_like(dt)
+        dB = torch.empty_like(B)
+        dC = torch.empty_like(C)
         dA = torch.zeros_like(A)
-        carry = torch.zeros_like(h0[0])  # a[t+1] * dh[t+1] flowing into the chunk from the right
-        bmv = lambda v, m: (v.flatten(0, 1)[:, None, :] @ m.flatten(0, 1)).view(m.shape[0], b, n)  # sum_d v*m
+        dh_next = torch.zeros_like(h0[0])  # a[t+1] * dh[t+1], flowing into the chunk from its right
+
+        def sum_over_d(v, m):  # (T, b, d) x (T, b, d, n) -> (T, b, n): sum_d v * m as one bmm
+            return (v.flatten(0, 1)[:, None, :] @ m.flatten(0, 1)).view(m.shape[0], b, n)
+
         for c in reversed(range(len(h0))):
             s = c * T
             e = min(s + T, l)
-            dAc, dBu, hs, _ = _chunk(h0[c], u[s:e], dt[s:e], A, B[s:e])    # recompute, don't store
-            dC[s:e] = bmv(gy[s:e], hs)          # bmm and mul-then-sum below: einsum copies here, ~3x slower on CPU
-            dh = gy[s:e, :, :, None] * C[s:e, :, None, :]                  # direct grad into h[t]
-            for t in reversed(range(e - s)):                               # dh[t] = gh[t] + a[t+1] dh[t+1]
-                dh[t] += carry
-                carry = dAc[t] * dh[t]
-            hs -= dBu                                                      # h[t] - x[t] = a[t] h[t-1]
-            w = dh * hs                                                    # (T, b, d, n)
+            dAc, dBu, hs, _ = _chunk(h0[c], u[s:e], dt[s:e], A, B[s:e])  # recompute, don't store
+            dC[s:e] = sum_over_d(gy[s:e], hs)   # bmm and mul-then-sum below: einsum copies here, ~3x slower on CPU
+            dh = gy[s:e, :, :, None] * C[s:e, :, None, :]                 # direct grad into h[t]
+            for t in reversed(range(e - s)):                              # dh[t] = gh[t] + a[t+1] dh[t+1]
+                dh[t] += dh_next
+                dh_next = dAc[t] * dh[t]
+            hs -= dBu                                                     # h[t] - x[t] = a[t] h[t-1]
+            w = dh * hs                                                   # (T, b, d, n)
             dhB = (dh.flatten(0, 1) @ B[s:e].flatten(0, 1)[..., None]).view(e - s, b, d)  # sum_n dh*B
             du[s:e] = dt[s:e] * dhB
             ddt[s:e] = u[s:e] * dhB + (w * A).sum(-1)
             dA += w.mul_(dt[s:e, :, :, None]).sum((0, 1))
-            dB[s:e] = bmv(dt[s:e] * u[s:e], dh)
+            dB[s:e] = sum_over_d(dt[s:e] * u[s:e], dh)
         return du, ddt, dA, dB, dC
 
 
 def _reference(recurrence, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    """what both torch scans share: fp32 math (fp64 kept for gradcheck), bias and softplus before the
-    recurrence, the D skip and the z gate after it. `recurrence(u, dt, A, B, C)` -> y, all (b, ., l)."""
+    """what the torch and cpu scans share: fp32 math (fp64 kept for gradcheck), bias and softplus before
+    the recurrence, the D skip and the z gate after it. `recurrence(u, dt, A, B, C)` -> y (b, d, l), last
+    state (b, d, n). Returns out in u's dtype and the last state."""
     dtype_in = u.dtype
     acc = torch.promote_types(torch.float32, dtype_in)
-    u, delta, A, B, C = (t.to(acc) for t in (u, delta, A, B, C))
+    u = u.to(acc)
+    delta = delta.to(acc)
+    A = A.to(acc)
+    B = B.to(acc)
+    C = C.to(acc)
     if delta_bias is not None:
         delta = delta + delta_bias.to(acc)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)  # log(1 + e^x), identity above 20 like mamba's kernel
-    y = recurrence(u, delta, A, B, C)
+    y, last = recurrence(u, delta, A, B, C)
     if D is not None:
         y = y + D.to(acc)[:, None] * u
     if z is not None:
         y = y * F.silu(z.to(acc))
-    return y.to(dtype_in)
+    return y.to(dtype_in), last
 
 
 def _chunked(u, dt, A, B, C):
-    tm = lambda x: x.permute(2, 0, 1).contiguous()  # (b, ., l) -> time-major (l, b, .)
-    return _ScanTorch.apply(tm(u), tm(dt), A, tm(B), tm(C)).permute(1, 2, 0)  # (b, d, l)
+    def time_major(x):  # (b, ., l) -> (l, b, .)
+        return x.permute(2, 0, 1).contiguous()
+    y, last = _ScanTorch.apply(time_major(u), time_major(dt), A, time_major(B), time_major(C))
+    return y.permute(1, 2, 0), last  # (b, d, l), (b, d, n)
 
 
 def _naive(u, dt, A, B, C):
@@ -138,36 +220,370 @@ def _naive(u, dt, A, B, C):
     for i in range(u.shape[2]):
         h = dA[:, :, i] * h + dBu[:, :, i]
         ys.append(torch.einsum('bdn,bn->bd', h, C[:, :, i]))
-    return torch.stack(ys, dim=2)
+    return torch.stack(ys, dim=2), h.detach()
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
     """The pure-PyTorch backend. Accepts any strides; returns u's dtype."""
-    return _reference(_chunked, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out, last = _reference(_chunked, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
 
 
-def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False):
     """mamba's selective_scan_ref / mamba-minimal: (b, d, l, n) tensors, a time loop with index slicing,
     plain autograd. Correct and simple, but O(b*d*l*n) saved activations and an O(l^2) backward."""
-    return _reference(_naive, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out, last = _reference(_naive, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
-# Triton kernel (forward + backward)
+# fused CPU backend: the recurrence as C++ loops, built on first use and called through ctypes
+#
+# Layout: one thread per batch row (so the sums over channels for dB and dC have one writer each and a
+# fixed order), channels in blocks of 32 as the vector lanes, the 16 states as an outer loop. The decay
+# exp is a polynomial the compiler can vectorise (a libm call would not be); -fno-trapping-math lets it
+# if-convert the clamp. Flags that change numerics for the whole process (-ffast-math sets flush-to-zero
+# when the library loads) are deliberately not used. The library depends on no torch headers, so the
+# build is one compiler call of a second or two.
+
+_CPU_SOURCE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+constexpr int64_t BD = 32;    // channels per block: the vector lanes
+constexpr int64_t K = 32;     // time steps per chunk: the backward's recompute window
+constexpr int64_t MAXN = 64;  // largest d_state (checked by the caller)
+
+struct Dims { int64_t b, d, l, n, threads; };
+
+// exp(x) for x <= 0 (the decay dt * A): x = k ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^6
+// (relative error < 3e-7), 2^k written into the exponent bits. Below -87 the result (< 1.7e-38) is 0.
+static inline float decay(float x) {
+    const float xc = x > -87.0f ? x : -87.0f;
+    const float k = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest: the 1.5 * 2^23 trick
+    const float r = (xc - k * 0.693145752f) - k * 1.42860677e-6f;     // ln 2 in two parts, for an exact k ln2
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r / 720)))));
+    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return x > -87.0f ? p * scale : 0.0f;
+}
+static inline double decay(double x) { return std::exp(x); }
+
+// run body(b) for every batch row on `threads` threads: contiguous ranges, so the result is independent of
+// the thread count
+template <typename F>
+static void for_each_row(const Dims& m, F body) {
+    const int64_t threads = std::max<int64_t>(1, std::min(m.threads, m.b));
+    std::vector<std::thread> pool;
+    for (int64_t i = 0; i < threads; i++) {
+        pool.emplace_back([&, i] {
+            for (int64_t b = m.b * i / threads; b < m.b * (i + 1) / threads; b++) body(b);
+        });
+    }
+    for (auto& thread : pool) thread.join();
+}
+
+// u, dt, y: (b, l, d) contiguous. At: (n, d). B, C: (b, l, n). states: (b, chunks, n, d). last: (b, n, d).
+template <typename T>
+static void forward(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, T* y, T* states,
+                    T* last) {
+    const int64_t D = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
+    for_each_row(m, [&](int64_t b) {
+        for (int64_t d0 = 0; d0 < D; d0 += BD) {
+            const int64_t bd = std::min(BD, D - d0);
+            T h[MAXN][BD] = {};
+            for (int64_t t = 0; t < L; t++) {
+                if (t % K == 0) {  // the state entering this chunk: where the backward restarts
+                    for (int64_t n = 0; n < N; n++)
+                        std::memcpy(states + ((b * chunks + t / K) * N + n) * D + d0, h[n], bd * sizeof(T));
+                }
+                const T* ut = u + (b * L + t) * D + d0;
+                const T* dtt = dt + (b * L + t) * D + d0;
+                const T* Bt = B + (b * L + t) * N;
+                const T* Ct = C + (b * L + t) * N;
+                T x[BD];
+                T yt[BD] = {};
+                for (int64_t j = 0; j < bd; j++) x[j] = dtt[j] * ut[j];
+                for (int64_t n = 0; n < N; n++) {
+                    const T* An = At + n * D + d0;
+                    T* hn = h[n];
+                    #pragma omp simd
+                    for (int64_t j = 0; j < bd; j++) {
+                        hn[j] = decay(dtt[j] * An[j]) * hn[j] + x[j] * Bt[n];  // h[t] = a[t] h[t-1] + x[t]
+                        yt[j] += Ct[n] * hn[j];                                 // y[t] = sum_n C[n,t] h[t]
+                    }
+                }
+                std::memcpy(y + (b * L + t) * D + d0, yt, bd * sizeof(T));
+            }
+            for (int64_t n = 0; n < N; n++) std::memcpy(last + (b * N + n) * D + d0, h[n], bd * sizeof(T));
+        }
+    });
+}
+
+// g, du, ddt: (b, l, d). dA_rows: (b, n, d) per-row partials. dB, dC: (b, l, n), zeroed by the caller.
+template <typename T>
+static void backward(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, const T* g,
+                     const T* states, T* du, T* ddt, T* dA_rows, T* dB, T* dC) {
+    const int64_t D = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
+    for_each_row(m, [&](int64_t b) {
+        std::vector<T> window(2 * K * MAXN * BD);  // one chunk's recomputed states and decays
+        auto hs = reinterpret_cast<T (*)[MAXN][BD]>(window.data());
+        auto as = reinterpret_cast<T (*)[MAXN][BD]>(window.data() + K * MAXN * BD);
+        for (int64_t d0 = 0; d0 < D; d0 += BD) {
+            const int64_t bd = std::min(BD, D - d0);
+            T dh_next[MAXN][BD] = {};  // a[t+1] dh[t+1], flowing in from the right
+            T dA[MAXN][BD] = {};
+            for (int64_t c = chunks - 1; c >= 0; c--) {
+                const int64_t s = c * K, e = std::min(s + K, L);
+                for (int64_t t = s; t < e; t++) {  // re-run the chunk's forward from its saved state
+                    const T* ut = u + (b * L + t) * D + d0;
+                    const T* dtt = dt + (b * L + t) * D + d0;
+                    const T* Bt = B + (b * L + t) * N;
+                    for (int64_t n = 0; n < N; n++) {
+                        const T* An = At + n * D + d0;
+                        const T* hp = t == s ? states + ((b * chunks + c) * N + n) * D + d0 : hs[t - s - 1][n];
+                        T* ht = hs[t - s][n];
+                        T* at = as[t - s][n];
+                        #pragma omp simd
+                        for (int64_t j = 0; j < bd; j++) {
+                            at[j] = decay(dtt[j] * An[j]);
+                            ht[j] = at[j] * hp[j] + dtt[j] * ut[j] * Bt[n];
+                        }
+                    }
+                }
+                for (int64_t t = e - 1; t >= s; t--) {  // the adjoint, right to left
+                    const T* ut = u + (b * L + t) * D + d0;
+                    const T* dtt = dt + (b * L + t) * D + d0;
+                    const T* gt = g + (b * L + t) * D + d0;
+                    const T* Bt = B + (b * L + t) * N;
+                    const T* Ct = C + (b * L + t) * N;
+                    T x[BD];
+                    T dhB[BD] = {};  // sum_n dh B
+                    T qA[BD] = {};   // sum_n dh (h - x) A
+                    for (int64_t j = 0; j < bd; j++) x[j] = dtt[j] * ut[j];
+                    for (int64_t n = 0; n < N; n++) {
+                        const T* An = At + n * D + d0;
+                        const T* ht = hs[t - s][n];
+                        const T* at = as[t - s][n];
+                        T* dhn = dh_next[n];
+                        T* dAn = dA[n];
+                        T sum_dB = 0;
+                        T sum_dC = 0;
+                        #pragma omp simd reduction(+:sum_dB, sum_dC)
+                        for (int64_t j = 0; j < bd; j++) {
+                            const T dh = gt[j] * Ct[n] + dhn[j];
+                            const T q = dh * (ht[j] - x[j] * Bt[n]);  // dh[t] a[t] h[t-1], as dh (h[t] - x[t])
+                            sum_dC += gt[j] * ht[j];
+                            sum_dB += dh * x[j];
+                            dhB[j] += dh * Bt[n];
+                            qA[j] += q * An[j];
+                            dAn[j] += q * dtt[j];
+                            dhn[j] = at[j] * dh;
+                        }
+                        dB[(b * L + t) * N + n] += sum_dB;  // channel blocks in order: one writer, fixed order
+                        dC[(b * L + t) * N + n] += sum_dC;
+                    }
+                    T* dut = du + (b * L + t) * D + d0;
+                    T* ddtt = ddt + (b * L + t) * D + d0;
+                    for (int64_t j = 0; j < bd; j++) {
+                        dut[j] = dtt[j] * dhB[j];
+                        ddtt[j] = ut[j] * dhB[j] + qA[j];
+                    }
+                }
+            }
+            for (int64_t n = 0; n < N; n++) std::memcpy(dA_rows + (b * N + n) * D + d0, dA[n], bd * sizeof(T));
+        }
+    });
+}
+
+// dA (n, d) = sum over rows of dA_rows (b, n, d), row 0 first: a fixed order whatever the thread count
+template <typename T>
+static void sum_rows(int64_t rows, int64_t size, const T* parts, T* out) {
+    for (int64_t i = 0; i < size; i++) out[i] = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < size; i++) out[i] += parts[r * size + i];
+}
+
+#define ENTRY_POINTS(T, SUFFIX)                                                                                  \
+extern "C" void forward_##SUFFIX(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, T* y,    \
+                                 T* states, T* last) {                                                           \
+    forward<T>(m, u, dt, At, B, C, y, states, last);                                                             \
+}                                                                                                                \
+extern "C" void backward_##SUFFIX(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C,        \
+                                  const T* g, const T* states, T* du, T* ddt, T* dA_rows, T* dB, T* dC) {        \
+    backward<T>(m, u, dt, At, B, C, g, states, du, ddt, dA_rows, dB, dC);                                       \
+}                                                                                                                \
+extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {                         \
+    sum_rows<T>(rows, size, parts, out);                                                                         \
+}
+ENTRY_POINTS(float, f32)
+ENTRY_POINTS(double, f64)
+"""
+_CPU_CHUNK = 32     # K in the source: time steps between saved states
+_CPU_MAX_STATE = 64  # MAXN in the source
+
+
+class _Dims(ctypes.Structure):
+    _fields_ = [("b", ctypes.c_int64), ("d", ctypes.c_int64), ("l", ctypes.c_int64), ("n", ctypes.c_int64),
+                ("threads", ctypes.c_int64)]
+
+
+class CPUBuildError(RuntimeError):
+    """the fused CPU scan could not be compiled or loaded here."""
+
+
+def _cpu_flags():
+    # vector ISA of this CPU, as torch detected it. AVX2 builds would crash on an older x86 CPU, so the cache
+    # file is named by the ISA: a shared cache never hands one machine another machine's build
+    isa = torch.backends.cpu.get_cpu_capability()
+    if isa.startswith("AVX2") or isa.startswith("AVX512"):
+        return "avx2", ["-mavx2", "-mfma"]
+    return "base", []
+
+
+def _cpu_cache_dir():
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icl-hybrids")
+    return os.environ.get("SSM_SCAN_CACHE") or default
+
+
+_cpu_lib = None
+_cpu_lock = threading.Lock()
+
+
+def _cpu_library():
+    """the compiled library, built on first use into the cache (a changed source or flag set gets a new
+    file name, so it rebuilds). Raises CPUBuildError with the reason."""
+    global _cpu_lib
+    with _cpu_lock:
+        if _cpu_lib is not None:
+            return _cpu_lib
+        isa, isa_flags = _cpu_flags()
+        flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-fno-trapping-math", *isa_flags]
+        key = hashlib.sha256((_CPU_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
+        path = os.path.join(_cpu_cache_dir(), f"ssm_scan_cpu-{key}-{isa}.so")
+        if not os.path.exists(path):
+            compiler = os.environ.get("CXX", "c++")
+            if shutil.which(compiler) is None:
+                raise CPUBuildError(f"no C++ compiler ({compiler!r} not found; set CXX)")
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+                    src = os.path.join(tmp, "ssm_scan_cpu.cpp")
+                    with open(src, "w") as f:
+                        f.write(_CPU_SOURCE)
+                    built = os.path.join(tmp, "lib.so")
+                    r = subprocess.run([compiler, *flags, src, "-o", built], capture_output=True, text=True,
+                                       timeout=300)
+                    if r.returncode != 0:
+                        last = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
+                        raise CPUBuildError(f"{compiler} failed (exit {r.returncode}): {last}")
+                    os.replace(built, path)  # atomic: processes building at once never load a half-written file
+            except (OSError, subprocess.SubprocessError) as e:
+                raise CPUBuildError(f"cannot build in {os.path.dirname(path)}: {e}") from e
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise CPUBuildError(f"cannot load {path}: {e}") from e
+        for suffix in ("f32", "f64"):
+            for name in ("forward", "backward", "sum_rows"):
+                getattr(lib, f"{name}_{suffix}").restype = None
+        _cpu_lib = lib
+        return lib
+
+
+def _ptr(t):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _channels_last(x):
+    # a (b, d, l) view whose storage is (b, l, d) contiguous: the layout the loops read. model.py's dt and z are
+    # such views already (no copy); anything else is copied once
+    b, d, l = x.shape
+    if x.stride() == (l * d, 1, d):
+        return x
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class _ScanCPU(torch.autograd.Function):
+    """y, last state = scan(u, dt, A, B, C) with u, dt (b, d, l), B, C (b, n, l), A (d, n), fp32 or fp64."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C):
+        lib = _cpu_library()
+        b, d, l = u.shape
+        n = A.shape[1]
+        u = _channels_last(u)
+        dt = _channels_last(dt)
+        Bt = B.transpose(1, 2).contiguous()  # (b, l, n): a view of model.py's x_proj output, no copy there
+        Ct = C.transpose(1, 2).contiguous()
+        At = A.t().contiguous()              # (n, d)
+        y = u.new_empty(b, l, d)
+        states = u.new_empty(b, -(-l // _CPU_CHUNK), n, d)
+        last = u.new_empty(b, n, d)
+        dims = _Dims(b, d, l, n, torch.get_num_threads())
+        suffix = "f64" if u.dtype == torch.float64 else "f32"
+        getattr(lib, f"forward_{suffix}")(dims, _ptr(u), _ptr(dt), _ptr(At), _ptr(Bt), _ptr(Ct), _ptr(y),
+                                          _ptr(states), _ptr(last))
+        ctx.save_for_backward(u, dt, At, Bt, Ct, states)
+        last = last.transpose(1, 2)  # (b, d, n)
+        ctx.mark_non_differentiable(last)
+        return y.transpose(1, 2), last
+
+    @staticmethod
+    def backward(ctx, gy, _glast):
+        u, dt, At, Bt, Ct, states = ctx.saved_tensors
+        b, d, l = u.shape
+        n = At.shape[0]
+        g = _channels_last(gy)
+        du = u.new_empty(b, l, d)
+        ddt = u.new_empty(b, l, d)
+        dA_rows = u.new_empty(b, n, d)
+        dA = u.new_empty(n, d)
+        dB = u.new_zeros(b, l, n)
+        dC = u.new_zeros(b, l, n)
+        dims = _Dims(b, d, l, n, torch.get_num_threads())
+        suffix = "f64" if u.dtype == torch.float64 else "f32"
+        lib = _cpu_library()
+        getattr(lib, f"backward_{suffix}")(dims, _ptr(u), _ptr(dt), _ptr(At), _ptr(Bt), _ptr(Ct), _ptr(g),
+                                           _ptr(states), _ptr(du), _ptr(ddt), _ptr(dA_rows), _ptr(dB), _ptr(dC))
+        getattr(lib, f"sum_rows_{suffix}")(ctypes.c_int64(b), ctypes.c_int64(n * d), _ptr(dA_rows), _ptr(dA))
+        return du.transpose(1, 2), ddt.transpose(1, 2), dA.t(), dB.transpose(1, 2), dC.transpose(1, 2)
+
+
+def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    """The fused CPU backend (CPU tensors). Raises CPUBuildError if it cannot be built here."""
+    if u.device.type != "cpu":
+        raise ValueError(f"the cpu backend takes CPU tensors, got {u.device}")
+    if A.shape[1] > _CPU_MAX_STATE:
+        raise ValueError(f"the cpu backend supports d_state <= {_CPU_MAX_STATE}, got {A.shape[1]}")
+    out, last = _reference(_ScanCPU.apply, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return (out, last) if return_last_state else out
+
+# -----------------------------------------------------------------------------
+# Triton kernels: a forward and a backward
+#
+# One program per (batch, block of BD channels) walks time in chunks of BT steps. Per state n a two-value
+# associative scan runs h = a*h + x over the chunk; the state is carried across chunks in registers and
+# saved at each chunk's start, (b, d, n_chunks, n). The backward walks the chunks right to left: it re-runs
+# the chunk's forward from the saved state, then the adjoint dh as a reverse scan (the derivation is in the
+# module docstring). BT is a constexpr power of two, L a runtime int (not specialised): the curriculum's
+# changing lengths reuse one compiled kernel. Core tl.* math only: libdevice fails in the interpreter.
 
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # `python ssm_scan.py` without a GPU: use the interpreter
-HAS_TRITON = importlib.util.find_spec("triton") is not None  # optional: CPU users train with the torch backend
+HAS_TRITON = importlib.util.find_spec("triton") is not None  # optional: CPU users train with the other backends
 if HAS_TRITON:
     import triton
     import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read when @triton.jit decorates, i.e. at import
 
-# One program per (batch, block of BD channels) walks time in chunks of BT steps (docs/scan.md §2.3). Per state n a
-# two-value associative scan runs h = a*h + x over the chunk; the state is carried across chunks in registers and saved
-# at each chunk's start, (b, d, n_chunks, n): the backward re-runs the forward from there, right to left, plus the
-# adjoint scan (docs/scan.md §1.2, with the CUDA kernel's a[t] h[t-1] = h[t] - x[t]: no shifted copy of h), and stores
-# nothing else. BT is a constexpr power of two, L a runtime int (not specialised): the curriculum's changing lengths
-# reuse one compiled kernel. Core tl.* math only: libdevice fails in the interpreter.
 if HAS_TRITON:
     @triton.jit
     def _combine(a1, x1, a2, x2):  # (a1, x1) then (a2, x2) as maps h -> a*h + x: associative, not commutative
@@ -183,162 +599,313 @@ if HAS_TRITON:
 
     @triton.jit
     def _dt(ptr, s, b, d, t, mask, bias, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-        # softplus(delta + bias), its derivative. 0 outside mask: a = 1, x = 0, padding passes h through (mamba#368)
+        # softplus(delta + bias) and its derivative. 0 outside mask: a = 1, x = 0, padding passes h through (mamba#368)
         r = _tile(ptr, s, b, d, t, mask, ACC) + bias[:, None]
-        sp, dsp = r, tl.full(r.shape, 1.0, ACC)
+        sp = r
+        dsp = tl.full(r.shape, 1.0, ACC)
         if SOFTPLUS:  # log1p(w) as log(p) w/(p-1), p = 1+w: exact even for tiny w (r ~ -7 at mamba's dt init)
             w = tl.exp(tl.minimum(r, 20.0))
             p = 1.0 + w
-            sp = tl.where(r > 20.0, r, tl.where(p == 1.0, w, tl.log(p) * (w / tl.where(p == 1.0, 1.0, p - 1.0))))
+            log1p_w = tl.where(p == 1.0, w, tl.log(p) * (w / tl.where(p == 1.0, 1.0, p - 1.0)))
+            sp = tl.where(r > 20.0, r, log1p_w)
             dsp = tl.where(r > 20.0, 1.0, tl.sigmoid(r))  # identity above 20, like F.softplus and mamba's kernel
         return tl.where(mask, sp, 0.0), dsp
 
+    @triton.jit
+    def _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok, sA, sB, ACC: tl.constexpr):
+        # the scan's two inputs for state n over the chunk, a = exp(dt A) and x = dt u B, with the incoming state
+        # h0 folded into step 0, and the recurrence h[t] = a[t] h[t-1] + x[t] run as an associative scan
+        A = tl.load(A_ptr + d * sA[0] + n * sA[1], mask=dmask, other=0.0).to(ACC)             # (BD,)
+        A2 = A * 1.4426950408889634  # exp(dt A) as exp2(dt A log2 e): a multiply less, as mamba's CUDA kernel
+        Bn = tl.load(B_ptr + b * sB[0] + n * sB[1] + t * sB[2], mask=tok, other=0.0).to(ACC)  # (BT,)
+        a = tl.exp2(dt * A2[:, None])  # in (0, 1]
+        x = dtu * Bn[None, :]
+        x0 = tl.where(pos[None, :] == 0, a * h0[:, None] + x, x)
+        h = tl.associative_scan((a, x0), 1, _combine)[1]
+        return A, A2, Bn, a, x, h
+
     @triton.jit(do_not_specialize=["L"])
-    def _scan_kernel(u_ptr, dt_ptr, z_ptr, g_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr, out_ptr, ddt_ptr, dz_ptr,
-                     dB_ptr, dC_ptr, dW_ptr, L, N, n_ch, s_part, su, sdt, sz, sg, so, sB, sC, sA, sst, HAS_Z: tl.constexpr,
-                     SOFTPLUS: tl.constexpr, BWD: tl.constexpr, DET: tl.constexpr, ACC: tl.constexpr,
-                     BD: tl.constexpr, BT: tl.constexpr, NP: tl.constexpr):
-        b, d = tl.program_id(0).to(tl.int64), tl.program_id(1) * BD + tl.arange(0, BD)  # d: (BD,) channels
-        dmask, ns, pos = d < n_ch, tl.arange(0, NP), tl.arange(0, BT)
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)  # absent D, bias come in as zeros (and get grads)
+    def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr, out_ptr, last_ptr,
+                         L, N, n_ch, su, sdt, sz, so, sB, sC, sA, sst,
+                         HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr,
+                         BD: tl.constexpr, BT: tl.constexpr, NP: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,) this program's channels
+        dmask = d < n_ch
+        ns = tl.arange(0, NP)
+        pos = tl.arange(0, BT)
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)  # absent D, bias come in as zeros
+        Dd = tl.load(D_ptr + d, mask=dmask, other=0.0).to(ACC)
+        h_in = tl.zeros((BD, NP), ACC)  # the state entering the chunk, column n for state n
+        for c in range(tl.cdiv(L, BT)):
+            t = c * BT + pos
+            tok = t < L
+            mask = dmask[:, None] & tok[None, :]
+            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BD, BT)
+            dt = _dt(dt_ptr, sdt, b, d, t, mask, bias, SOFTPLUS, ACC)[0]
+            dtu = dt * u
+            y = tl.zeros((BD, BT), ACC)
+            for n in range(N):  # a runtime loop: static unrolling takes minutes to compile, and spills
+                h0 = _pick(h_in, ns, n)
+                tl.store(st_ptr + b * sst[0] + d * sst[1] + c * sst[2] + n, h0, mask=dmask)
+                h = _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok, sA, sB, ACC)[5]
+                Cn = tl.load(C_ptr + b * sC[0] + n * sC[1] + t * sC[2], mask=tok, other=0.0).to(ACC)
+                y += h * Cn[None, :]
+                # padded steps have a = 1 and x = 0, so the last column is the state after step L - 1 too
+                h_in = tl.where(ns[None, :] == n, _pick(h, pos, BT - 1)[:, None], h_in)
+            y += Dd[:, None] * u
+            if HAS_Z:
+                zt = _tile(z_ptr, sz, b, d, t, mask, ACC)
+                y *= zt * tl.sigmoid(zt)
+            o = b * so[0] + d[:, None] * so[1] + t[None, :] * so[2]
+            tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)
+        last = (b * n_ch + d[:, None]) * N + ns[None, :]  # (b, d, n) contiguous
+        tl.store(last_ptr + last, h_in, mask=dmask[:, None] & (ns < N)[None, :])
+
+    @triton.jit(do_not_specialize=["L"])
+    def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, g_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr,
+                         du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dW_ptr,
+                         L, N, n_ch, s_part, su, sdt, sz, sg, so, sB, sC, sA, sst,
+                         HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, DET: tl.constexpr, ACC: tl.constexpr,
+                         BD: tl.constexpr, BT: tl.constexpr, NP: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        d = tl.program_id(1) * BD + tl.arange(0, BD)
+        dmask = d < n_ch
+        ns = tl.arange(0, NP)
+        pos = tl.arange(0, BT)
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
         Dd = tl.load(D_ptr + d, mask=dmask, other=0.0).to(ACC)
         part = tl.program_id(1).to(tl.int64) * s_part if DET else 0  # DET: a dB/dC buffer per channel block
-        carry = tl.zeros((BD, NP), ACC)  # fwd: h entering the chunk; bwd: a[t0] dh[t0] of the chunk to the right
-        dA, dD, dbias, nc = tl.zeros((BD, NP), ACC), tl.zeros((BD,), ACC), tl.zeros((BD,), ACC), tl.cdiv(L, BT)
-        for i in range(nc):
-            c = nc - 1 - i if BWD else i
+        dh_next = tl.zeros((BD, NP), ACC)  # a[t0] dh[t0] of the chunk to the right, column n for state n
+        dA = tl.zeros((BD, NP), ACC)
+        dD = tl.zeros((BD,), ACC)
+        dbias = tl.zeros((BD,), ACC)
+        n_chunks = tl.cdiv(L, BT)
+        for i in range(n_chunks):
+            c = n_chunks - 1 - i  # right to left
             t = c * BT + pos
-            tok, mask = t < L, dmask[:, None] & (t < L)[None, :]
-            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BD, BT)
+            tok = t < L
+            mask = dmask[:, None] & tok[None, :]
+            u = _tile(u_ptr, su, b, d, t, mask, ACC)
             dt, dsp = _dt(dt_ptr, sdt, b, d, t, mask, bias, SOFTPLUS, ACC)
-            dtu, y = dt * u, tl.zeros((BD, BT), ACC)
-            zt = _tile(z_ptr, sz, b, d, t, mask, ACC) if HAS_Z else None
-            sgz = tl.sigmoid(zt) if HAS_Z else None
-            if BWD:  # dt[t+1] gives a[t+1] for the adjoint: reloaded (an L1 hit) rather than shifted in registers
-                dtn = _dt(dt_ptr, sdt, b, d, t + 1, dmask[:, None] & (t + 1 < L)[None, :], bias, SOFTPLUS, ACC)[0]
-                g = _tile(g_ptr, sg, b, d, t, mask, ACC)
-                ybar = g * zt * sgz if HAS_Z else g  # dloss/dy: zero beyond L, so gh and dh are exactly zero there
-                S1, S2 = tl.zeros((BD, BT), ACC), tl.zeros((BD, BT), ACC)  # sum_n dh B, sum_n dh A (h - x)
-            for n in range(N):  # a runtime loop: static unrolling takes minutes to compile, and spills
-                sti = st_ptr + b * sst[0] + d * sst[1] + c * sst[2] + n  # (BD,) the state entering chunk c
-                h0 = tl.load(sti, mask=dmask, other=0.0) if BWD else _pick(carry, ns, n)
-                A = tl.load(A_ptr + d * sA[0] + n * sA[1], mask=dmask, other=0.0).to(ACC)            # (BD,)
-                A2 = A * 1.4426950408889634  # exp(dt A) as exp2(dt A log2 e): a multiply less, as mamba's CUDA kernel
-                Bn = tl.load(B_ptr + b * sB[0] + n * sB[1] + t * sB[2], mask=tok, other=0.0).to(ACC)  # (BT,)
+            # dt[t+1] gives a[t+1] for the adjoint: reloaded (an L1 hit) rather than shifted in registers
+            dt_next = _dt(dt_ptr, sdt, b, d, t + 1, dmask[:, None] & (t + 1 < L)[None, :], bias, SOFTPLUS, ACC)[0]
+            dtu = dt * u
+            g = _tile(g_ptr, sg, b, d, t, mask, ACC)
+            if HAS_Z:
+                zt = _tile(z_ptr, sz, b, d, t, mask, ACC)
+                sgz = tl.sigmoid(zt)
+                ybar = g * zt * sgz  # dloss/dy: zero beyond L, so gh and dh are exactly zero there
+            else:
+                ybar = g
+            y = tl.zeros((BD, BT), ACC)   # recomputed, for dz
+            S1 = tl.zeros((BD, BT), ACC)  # sum_n dh B
+            S2 = tl.zeros((BD, BT), ACC)  # sum_n dh A (h - x)
+            for n in range(N):
+                h0 = tl.load(st_ptr + b * sst[0] + d * sst[1] + c * sst[2] + n, mask=dmask, other=0.0)
+                A, A2, Bn, a, x, h = _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok, sA, sB,
+                                                  ACC)
                 Cn = tl.load(C_ptr + b * sC[0] + n * sC[1] + t * sC[2], mask=tok, other=0.0).to(ACC)
-                a, x = tl.exp2(dt * A2[:, None]), dtu * Bn[None, :]  # a in (0, 1]
-                x0 = tl.where(pos[None, :] == 0, a * h0[:, None] + x, x)  # fold the incoming state into step 0
-                h = tl.associative_scan((a, x0), 1, _combine)[1]  # h[t] = a[t] h[t-1] + x[t]
                 y += h * Cn[None, :]
-                if BWD:
-                    # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the carry enters at the chunk's last step
-                    gh = ybar * Cn[None, :] + tl.where(pos[None, :] == BT - 1, _pick(carry, ns, n)[:, None], 0.0)
-                    dh = tl.associative_scan((tl.exp2(dtn * A2[:, None]), gh), 1, _combine, reverse=True)[1]
-                    q = dh * (h - x)
-                    S1 += dh * Bn[None, :]
-                    S2 += A[:, None] * q
-                    dA = tl.where(ns[None, :] == n, dA + tl.sum(dt * q, 1)[:, None], dA)
-                    carry = tl.where(ns[None, :] == n, _pick(a * dh, pos, 0)[:, None], carry)
-                    offs = part + (b * N + n) * L + t  # dB, dC: atomics across channel blocks (DET: one writer each)
-                    tl.atomic_add(dB_ptr + offs, tl.sum(dh * dtu, 0), mask=tok, sem="relaxed")
-                    tl.atomic_add(dC_ptr + offs, tl.sum(h * ybar, 0), mask=tok, sem="relaxed")
-                else:
-                    tl.store(sti, h0, mask=dmask)
-                    carry = tl.where(ns[None, :] == n, _pick(h, pos, BT - 1)[:, None], carry)
+                # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the right neighbour's term enters at the last step
+                dh_in = tl.where(pos[None, :] == BT - 1, _pick(dh_next, ns, n)[:, None], 0.0)
+                gh = ybar * Cn[None, :] + dh_in
+                dh = tl.associative_scan((tl.exp2(dt_next * A2[:, None]), gh), 1, _combine, reverse=True)[1]
+                q = dh * (h - x)  # dh[t] a[t] h[t-1]
+                S1 += dh * Bn[None, :]
+                S2 += A[:, None] * q
+                dA = tl.where(ns[None, :] == n, dA + tl.sum(dt * q, 1)[:, None], dA)
+                dh_next = tl.where(ns[None, :] == n, _pick(a * dh, pos, 0)[:, None], dh_next)
+                offs = part + (b * N + n) * L + t  # dB, dC: atomics across channel blocks (DET: one writer each)
+                tl.atomic_add(dB_ptr + offs, tl.sum(dh * dtu, 0), mask=tok, sem="relaxed")
+                tl.atomic_add(dC_ptr + offs, tl.sum(h * ybar, 0), mask=tok, sem="relaxed")
             y += Dd[:, None] * u
             o = b * so[0] + d[:, None] * so[1] + t[None, :] * so[2]
-            if BWD:
-                ddt = tl.where(mask, (u * S1 + S2) * dsp, 0.0)
-                dbias, dD = dbias + tl.sum(ddt, 1), dD + tl.sum(ybar * u, 1)
-                tl.store(ddt_ptr + o, ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
-                if HAS_Z:
-                    tl.store(dz_ptr + o, (g * y * sgz * (1.0 + zt * (1.0 - sgz))).to(dz_ptr.dtype.element_ty), mask=mask)
-                y = dt * S1 + Dd[:, None] * ybar
-            elif HAS_Z:
-                y *= zt * sgz
-            tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)  # out = y * silu(z), or du
-        if BWD:  # per-(b, d) partials of dA | dD | dbias, (b, d, n + 2), summed over batch on the host: deterministic
-            w = (b * n_ch + d) * (N + 2)
-            tl.store(dW_ptr + w[:, None] + ns[None, :], dA, mask=dmask[:, None] & (ns < N)[None, :])
-            tl.store(dW_ptr + w + N, dD, mask=dmask)
-            tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
+            ddt = tl.where(mask, (u * S1 + S2) * dsp, 0.0)
+            dbias += tl.sum(ddt, 1)
+            dD += tl.sum(ybar * u, 1)
+            tl.store(ddt_ptr + o, ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
+            if HAS_Z:
+                dz = g * y * sgz * (1.0 + zt * (1.0 - sgz))
+                tl.store(dz_ptr + o, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            du = dt * S1 + Dd[:, None] * ybar
+            tl.store(du_ptr + o, du.to(du_ptr.dtype.element_ty), mask=mask)
+        # per-(b, d) partials of dA | dD | dbias, (b, d, n + 2), summed over batch on the host: deterministic
+        w = (b * n_ch + d) * (N + 2)
+        tl.store(dW_ptr + w[:, None] + ns[None, :], dA, mask=dmask[:, None] & (ns < N)[None, :])
+        tl.store(dW_ptr + w + N, dD, mask=dmask)
+        tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
-# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while writing this):
-# docs/scan.md §2.3's picks, compiled ahead of time for sm_90 (b=64 d=1024 n=16, fp32 and bf16), registers fwd/bwd with
-# triton 3.9 | 3.6: channel-contiguous 130/182 | 128/219, time-contiguous 108/208 | 158/250, no spills (bar 8 bytes).
+# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while writing
+# this): the picks of the design notes in docs/scan.md, compiled ahead of time for sm_90 (b=64 d=1024 n=16, fp32
+# and bf16) with no register spills beyond 8 bytes in one variant.
 _TILES = {True: (32, (16, 4), (16, 4)), False: (128, (4, 4), (4, 4))}
 
 
-def _launch(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
-    # g None: the forward, returns out; else the backward, returns the grads of u, delta, A, B, C, D, z, bias
+def _like(u, dtype, chan):  # an output (b, d, l) in the layout of the inputs
+    b, d, l = u.shape
+    return u.new_empty(b, l, d, dtype=dtype).transpose(1, 2) if chan else u.new_empty(b, d, l, dtype=dtype)
+
+
+def _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan):
     (b, nd, l), n = u.shape, A.shape[1]
-    BT, (BD, W) = _TILES[chan][0], _TILES[chan][1 if g is None else 2]
-    like = lambda x: u.new_empty(b, l, nd, dtype=x.dtype).transpose(1, 2) if chan else u.new_empty(b, nd, l, dtype=x.dtype)
-    outs = [like(u)] + ([st] * 5 if g is None else [like(delta), like(u if z is None else z)])
-    if g is not None:  # dB, dC (fp32, fp64): one buffer for the atomics, or (det) one per channel block, summed below
-        dBC = u.new_zeros(2, triton.cdiv(nd, BD) if det else 1, b, n, l, dtype=st.dtype)
-        outs += [dBC[0], dBC[1], st.new_empty(b, nd, n + 2)]
-    opt = lambda x: u if x is None else x  # absent z, g: any valid pointer, never read
-    _scan_kernel[(b, triton.cdiv(nd, BD))](
-        u, delta, opt(z), opt(g), B, C, A, D, bias, st, *outs, l, n, nd, b * n * l, u.stride(), delta.stride(),
-        opt(z).stride(), opt(g).stride(), outs[0].stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
-        HAS_Z=z is not None, SOFTPLUS=softplus, BWD=g is not None, DET=det and g is not None,
-        ACC=tl.float64 if st.dtype == torch.float64 else tl.float32, BD=BD, BT=BT, NP=triton.next_power_of_2(n),
-        num_warps=W, enable_fp_fusion=True)  # fusion pinned: Triton 3.10 flips the default
-    if g is None:
-        return outs[0]
-    (dB, dC), dW = dBC.sum(1), outs[5].sum(0)  # dW: dA | dD | dbias
-    return (outs[0], outs[1], dW[:, :n].to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dW[:, n].to(D.dtype),
-            None if z is None else outs[2], dW[:, n + 1].to(bias.dtype))
+    BT = _TILES[chan][0]
+    BD, warps = _TILES[chan][1]
+    out = _like(u, u.dtype, chan)
+    last = st.new_empty(b, nd, n)
+    z_or_u = u if z is None else z  # absent z: any valid pointer, never read
+    _scan_fwd_kernel[(b, triton.cdiv(nd, BD))](
+        u, delta, z_or_u, B, C, A, D, bias, st, out, last, l, n, nd, u.stride(), delta.stride(), z_or_u.stride(),
+        out.stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
+        HAS_Z=z is not None, SOFTPLUS=softplus, ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
+        BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps,
+        enable_fp_fusion=True)  # fusion pinned: Triton 3.10 flips the default
+    return out, last
+
+
+def _triton_backward(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
+    # -> the grads of u, delta, A, B, C, D, z, bias
+    (b, nd, l), n = u.shape, A.shape[1]
+    BT = _TILES[chan][0]
+    BD, warps = _TILES[chan][2]
+    du = _like(u, u.dtype, chan)
+    ddelta = _like(u, delta.dtype, chan)
+    dz = _like(u, u.dtype if z is None else z.dtype, chan)
+    # dB, dC in fp32 (fp64): one buffer for the atomics, or (det) one per channel block, summed below
+    dBC = u.new_zeros(2, triton.cdiv(nd, BD) if det else 1, b, n, l, dtype=st.dtype)
+    dW = st.new_empty(b, nd, n + 2)
+    z_or_u = u if z is None else z
+    _scan_bwd_kernel[(b, triton.cdiv(nd, BD))](
+        u, delta, z_or_u, g, B, C, A, D, bias, st, du, ddelta, dz, dBC[0], dBC[1], dW, l, n, nd, b * n * l,
+        u.stride(), delta.stride(), z_or_u.stride(), g.stride(), du.stride(), B.stride(), C.stride(), A.stride(),
+        st.stride()[:3],
+        HAS_Z=z is not None, SOFTPLUS=softplus, DET=det, ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
+        BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps, enable_fp_fusion=True)
+    dB, dC = dBC.sum(1)
+    dW = dW.sum(0)  # dA | dD | dbias
+    return (du, ddelta, dW[:, :n].to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dW[:, n].to(D.dtype),
+            None if z is None else dz, dW[:, n + 1].to(bias.dtype))
+
+
+def _torch_grads(u, delta, A, B, C, D, z, bias, softplus, g):
+    # the grads _triton_backward returns, by the torch backend: where "auto" goes if the backward kernel fails
+    inputs = [u, delta, A, B, C, D, bias] + ([] if z is None else [z])
+    with torch.enable_grad():
+        x = [t.detach().requires_grad_() for t in inputs]
+        z_x = None if z is None else x[7]
+        out = selective_scan_torch(x[0], x[1], x[2], x[3], x[4], x[5], z_x, x[6], softplus)
+        grads = torch.autograd.grad(out, x, g)
+    du, ddelta, dA, dB, dC, dD, dbias = grads[:7]
+    dz = None if z is None else grads[7]
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
 class _ScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, det):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, det, auto):
         chan = delta.stride(1) == 1 and delta.stride(2) != 1  # a transposed (b, l, d) Linear output, as in model.py
-        (b, nd, l), acc = u.shape, torch.promote_types(torch.float32, u.dtype)
-        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), A.shape[1], dtype=acc)  # the states at chunk starts
+        b, nd, l = u.shape
+        acc = torch.promote_types(torch.float32, u.dtype)
+        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), A.shape[1], dtype=acc)  # states at chunk starts
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, st)
-        ctx.cfg = softplus, det, chan
-        return _launch(u, delta, A, B, C, D, z, bias, st, None, softplus, det, chan)
+        ctx.cfg = softplus, det, chan, auto
+        out, last = _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan)
+        ctx.mark_non_differentiable(last)
+        return out, last
 
     @staticmethod
-    def backward(ctx, g):
-        return *_launch(*ctx.saved_tensors, g, *ctx.cfg), None, None
+    def backward(ctx, g, _glast):
+        softplus, det, chan, auto = ctx.cfg
+        try:
+            grads = _triton_backward(*ctx.saved_tensors, g, softplus, det, chan)
+        except Exception as e:  # noqa: BLE001 -- a compile or launch failure of any kind
+            if not auto or isinstance(e, torch.OutOfMemoryError):
+                raise
+            _fall_back("triton", e)
+            grads = _torch_grads(*ctx.saved_tensors[:8], softplus, g)
+        return *grads, None, None, None
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, deterministic=False, auto=False):
+    """The Triton backend: CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before import. auto=True:
+    a backward kernel that fails falls back to the torch backend's grads (the forward is handled by the caller)."""
+    if not HAS_TRITON or (u.device.type != "cuda" and not INTERPRET):
+        raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set before "
+                           "ssm_scan is imported (CPU tensors run in the interpreter)")
+
+    def vector(x):  # D, bias (d,) with stride 1; absent ones as zeros (they get grads, which are dropped)
+        return u.new_zeros(u.shape[1], dtype=A.dtype) if x is None else x.contiguous()
+    out, last = _ScanTriton.apply(u, delta, A, B, C, vector(D), z, vector(delta_bias), bool(delta_softplus),
+                                  deterministic, auto)
+    return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
 # dispatch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "cpu", "triton")
+_fallback_reason = {}  # kernel -> why "auto" no longer tries it in this process
 
 
 def resolve_backend(backend, device):
-    """What "auto" means on `device`. CPU takes torch even under TRITON_INTERPRET=1 (set for every test): ask for triton."""
-    backend = os.environ.get("SSM_SCAN_BACKEND", "auto") if backend == "auto" else backend
+    """What "auto" means on `device`: the kernel of the device (cpu or triton), unless it already failed in
+    this process. CPU tensors take cpu even under TRITON_INTERPRET=1 (set for every test): ask for triton."""
+    if backend == "auto":
+        backend = os.environ.get("SSM_SCAN_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan backend must be one of {BACKENDS}, got {backend!r}")
-    return ("triton" if HAS_TRITON and device.type == "cuda" else "torch") if backend == "auto" else backend
+    if backend != "auto":
+        return backend
+    kernel = "triton" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
+    if kernel is None or kernel in _fallback_reason or (kernel == "triton" and not HAS_TRITON):
+        return "torch"
+    return kernel
+
+
+def _fall_back(kernel, error):
+    reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+    _fallback_reason[kernel] = reason
+    print(f"ssm_scan: the {kernel} scan failed ({reason}); using the torch backend instead", file=sys.stderr)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
-                   backend="auto", deterministic=False):
-    """See the module docstring. `deterministic` only matters for triton (fixed-order dB/dC sums)."""
-    if resolve_backend(backend, u.device) == "torch":
-        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if not HAS_TRITON or (u.device.type != "cuda" and not INTERPRET):
-        raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set before "
-                           "ssm_scan is imported (CPU tensors run in the interpreter)")
-    contig = lambda x: u.new_zeros(u.shape[1], dtype=A.dtype) if x is None else x.contiguous()  # D, bias (d,): stride 1
-    return _ScanTriton.apply(u, delta, A, B, C, contig(D), z, contig(delta_bias), bool(delta_softplus), deterministic)
+                   backend="auto", deterministic=False, return_last_state=False):
+    """See the module docstring. `deterministic` matters for triton only (fixed-order dB/dC sums); the torch
+    and cpu backends always sum in a fixed order."""
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    chosen = resolve_backend(backend, u.device)
+    if chosen == "torch":
+        return selective_scan_torch(*args)
+    if chosen == "cpu" and backend != "auto":
+        return selective_scan_cpu(*args)
+    if chosen == "triton" and backend != "auto":
+        return selective_scan_triton(*args, deterministic=deterministic)
+    try:  # "auto" on its kernel: a kernel that cannot be built or launched here must not stop a run
+        if chosen == "cpu":
+            return selective_scan_cpu(*args)
+        return selective_scan_triton(*args, deterministic=deterministic, auto=True)
+    except Exception as e:  # noqa: BLE001 -- a compile, build or launch failure of any kind
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        _fall_back(chosen, e)
+        return selective_scan_torch(*args)
 
 # -----------------------------------------------------------------------------
-# `python ssm_scan.py`: triton vs the reference (output and every grad), then a Markdown timing table
+# `python ssm_scan.py`: the kernels vs the fp64 reference (output and every grad), then a Markdown timing table
 
 def _case(b, d, l, n, dtype, device, seed=0):
     # model.py's layout: u, delta, z transposed (b, l, d) activations; B, C slices of one (b, l, 2n) tensor
-    r = lambda *s, gen=torch.Generator().manual_seed(seed): torch.randn(*s, generator=gen).to(device)
-    act, BC = lambda: r(b, l, d).to(dtype).transpose(1, 2), r(b, l, 2 * n).to(dtype).transpose(1, 2)
-    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(), delta_bias=r(d) / 2)
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=gen).to(device)
+
+    def act():
+        return r(b, l, d).to(dtype).transpose(1, 2)
+    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)
+    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
+             delta_bias=r(d) / 2)
     return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
 
 
@@ -348,18 +915,27 @@ def _run(fn, x, g, **kw):  # [out, grads of every input]
 
 
 def bench(fn, x, g, reps):
-    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock around a device
-    sync, ~10 us included), GB/s uses docs/scan.md §2.4's minimal traffic, MB held from forward to backward and at peak"""
+    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock around
+    a device sync, ~10 us included), GB/s uses the minimal traffic of a fused kernel (docs/scan.md), MB held from
+    forward to backward and at peak (CUDA only)"""
     res, (b, d, l), n, e = [], g.shape, x["A"].shape[1], g.element_size()
     traffic = [e * (4 * b * d * l + 2 * b * n * l), e * (11 * b * d * l + 4 * b * n * l) + 8 * b * n * l]  # bytes
     sync = torch.cuda.synchronize if g.is_cuda else (lambda: None)
-    for step, by in zip((lambda: fn(**x, delta_softplus=True), lambda: _run(fn, x, g)), traffic):
+    steps = (lambda: fn(**x, delta_softplus=True), lambda: _run(fn, x, g))
+    for step, nbytes in zip(steps, traffic):
         ts = []
         for _ in range(reps + 3):  # 3 warm-up calls
-            sync(); t0 = time.perf_counter(); step(); sync(); ts.append(1e3 * (time.perf_counter() - t0))
-        res += [sorted(ts[3:])[reps // 2], by / sorted(ts[3:])[reps // 2] / 1e6]
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            ts.append(1e3 * (time.perf_counter() - t0))
+        median = sorted(ts[3:])[reps // 2]
+        res += [median, nbytes / median / 1e6]
     if g.is_cuda:
-        sync(); m0 = torch.cuda.memory_allocated(); torch.cuda.reset_peak_memory_stats()
+        sync()
+        m0 = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
         out = fn(**x, delta_softplus=True)
         res.append((torch.cuda.memory_allocated() - m0) / 2**20)
         torch.autograd.grad(out, list(x.values()), g)
@@ -367,31 +943,54 @@ def bench(fn, x, g, reps):
     return res + [float("nan")] * (6 - len(res))
 
 
+def _check_table(kernels, shape, dev):
+    # each kernel against the fp64 torch reference: max error over max |reference|, per output
+    print(f"| {shape} max err / max ref | out | du | ddelta | dA | dB | dC | dD | dz | ddelta_bias |")
+    print("|---" * 10 + "|")
+    for name, fn, cases in kernels:
+        for dtype, det in cases:
+            x, g = _case(*shape, dtype, dev)
+            x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
+            ref = _run(selective_scan_torch, x64, g.double())
+            got = _run(fn, x, g, **({"deterministic": True} if det else {}))
+            err = [(a.double() - r).abs().max() / r.abs().max() for a, r in zip(got, ref)]
+            label = f"{name} {str(dtype)[6:]}{' deterministic' if det else ''}"
+            print(f"| {label} | " + " | ".join(f"{v:.1e}" for v in err) + " |")
+
+
 if __name__ == "__main__":
-    cuda, tri = torch.cuda.is_available() and HAS_TRITON and not INTERPRET, lambda **kw: selective_scan(**kw, backend="triton")
-    dev, shape = ("cuda", (64, 512, 202, 16)) if cuda else ("cpu", (1, 5, 37, 2))  # cpu: 2 chunks, a partial block
-    print(f"torch {torch.__version__}, triton {triton.__version__ if HAS_TRITON else '-'}, " + (torch.cuda.get_device_name()
-          if cuda else "NO CUDA GPU: Triton timings NOT measured. Instead: the kernel in the interpreter against the "
-          "reference at a tiny shape, and the torch backend against selective_scan_naive on CPU") + "\n")
-    print(f"| {shape} max err / max ref | out | du | ddelta | dA | dB | dC | dD | dz | ddelta_bias |\n" + "|---" * 10 + "|")
-    for dtype, det in [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]:
-        x, g = _case(*shape, dtype, dev)
-        ref = _run(selective_scan_torch, {k: v.detach().double().requires_grad_() for k, v in x.items()}, g.double())
-        err = [(a.double() - r).abs().max() / r.abs().max() for a, r in zip(_run(tri, x, g, deterministic=det), ref)]
-        print(f"| triton {str(dtype)[6:]}{' deterministic' if det else ''} | " + " | ".join(f"{v:.1e}" for v in err) + " |")
-    fns = dict(triton=(tri, 50), torch=(selective_scan_torch, 50), naive=(selective_scan_naive, 5))
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        fns["mamba_ssm"] = (selective_scan_fn, 50)
-    except Exception as e:  # expected without a CUDA build of mamba-ssm (docs/scan.md §3)
-        print(f"\nmamba_ssm: no comparison ({type(e).__name__}: {e})")
-    b, ds, dts = (64, (1024, 512), (torch.float32, torch.bfloat16)) if cuda else (2, (256,), (torch.float32,))
-    fns = fns if cuda else dict(torch=(selective_scan_torch, 3), naive=(selective_scan_naive, 3))
+    cuda = torch.cuda.is_available() and HAS_TRITON and not INTERPRET
+    triton_version = triton.__version__ if HAS_TRITON else "-"
+    where = torch.cuda.get_device_name() if cuda else (
+        "NO CUDA GPU: Triton timings NOT measured; the Triton kernel runs in the interpreter at a tiny shape")
+    print(f"torch {torch.__version__}, triton {triton_version}, {torch.get_num_threads()} CPU threads, {where}\n")
+    fp32_bf16 = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
+    triton_check = [("triton", selective_scan_triton, fp32_bf16)] if HAS_TRITON else []
+    if cuda:
+        _check_table(triton_check, (64, 512, 202, 16), "cuda")
+    else:
+        _check_table(triton_check, (1, 5, 37, 2), "cpu")
+        print()
+        cpu_cases = [(torch.float32, False), (torch.float64, False), (torch.bfloat16, False)]
+        _check_table([("cpu", selective_scan_cpu, cpu_cases)], (4, 70, 90, 16), "cpu")
+    if cuda:
+        fns = dict(triton=(selective_scan_triton, 50), torch=(selective_scan_torch, 50), naive=(selective_scan_naive, 5))
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+            fns["mamba_ssm"] = (selective_scan_fn, 50)
+        except Exception as e:  # expected without a CUDA build of mamba-ssm
+            print(f"\nmamba_ssm: no comparison ({type(e).__name__}: {e})")
+        rows = [(64, d, l, dt) for d in (1024, 512) for dt in (torch.float32, torch.bfloat16) for l in (82, 202, 282)]
+    else:  # the study's small Mamba (E 64, 22 tokens) and the paper's (E 256, 82 tokens), fp32
+        fns = dict(torch=(selective_scan_torch, 5), cpu=(selective_scan_cpu, 5))
+        rows = [(64, 256, 22, torch.float32), (64, 1024, 82, torch.float32)]
+    dev = "cuda" if cuda else "cpu"
     print("\n| b | d | L | dtype | backend | reps | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | act MB | peak MB | "
           "fwd+bwd speedup vs torch |\n" + "|---" * 13 + "|")
-    for d, dtype, l in [(d, dtype, l) for d in ds for dtype in dts for l in (82, 202, 282)]:
+    for b, d, l, dtype in rows:
         x, g = _case(b, d, l, 16, dtype, dev)
-        rows = {k: bench(fn, x, g, reps) for k, (fn, reps) in fns.items()}
-        for k, r in rows.items():
-            print(f"| {b} | {d} | {l} | {str(dtype)[6:]} | {k} | {fns[k][1]} | " + " | ".join(f"{v:.3g}" for v in r)
-                  + f" | {rows['torch'][2] / r[2]:.1f}x |", flush=True)
+        timings = {k: bench(fn, x, g, reps) for k, (fn, reps) in fns.items()}
+        for k, r in timings.items():
+            cells = " | ".join(f"{v:.3g}" for v in r)
+            print(f"| {b} | {d} | {l} | {str(dtype)[6:]} | {k} | {fns[k][1]} | {cells} | "
+                  f"{timings['torch'][2] / r[2]:.1f}x |", flush=True)

@@ -1,10 +1,37 @@
-"""Train an ICL model, in one process or many with torchrun (the global batch does not depend on it):
+"""
+Train an ICL model, in one process or many with torchrun (the global batch does not depend on it):
     python train.py configs/llama_mamba.py configs/linear_regression.py --max_iters=1000
     torchrun --standalone --nproc_per_node=8 train.py configs/llama.py configs/sparse_parity.py
-Config: the defaults below <- each config file in order (architecture first, then task: MQAR shrinks the model) <-
---key=value. Bad input stops with one line `error: ...` (exit code 2) before anything is written."""
-import ast, builtins, contextlib, datetime, difflib, hashlib, importlib, inspect, json, math, os, re
-import signal, subprocess, sys, time, warnings, zipfile
+    python train.py --help          # every key with its default and what it does
+
+The config: the defaults below <- config files <- --key=value overrides. Config files are Python run in one
+namespace (imports, helpers and comprehensions are fine); their plain values set keys. They apply in the order
+given, except that a file that sets `task` (a task config) applies after those that don't (architecture
+configs), so a task's sizes win wherever it stands (MQAR's E = 128, 2 blocks). Overrides apply last, in
+order, wherever they stand. Bad input stops with one line `error: ...` (exit code 2) before anything is
+written. A run directory holds one run: a new run refuses a directory that holds any checkpoint, log or
+metrics file, and a lock file keeps a second train.py out of a directory in use.
+"""
+import ast
+import builtins
+import contextlib
+import datetime
+import difflib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import types
+import warnings
+import zipfile
 from dataclasses import asdict
 
 import torch
@@ -12,6 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
+
+import ssm_scan
 import tasks
 from model import ICLModel, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 
@@ -20,61 +49,85 @@ from model import ICLModel, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 # I/O
 out_dir = ''                 # run directory; '' -> out/<arch>-<task>
 ckpt_interval = 500          # write ckpt.pt (the resume point) every this many steps, and at the end
-keep_last, keep_every = 3, 0  # step checkpoints ckpt_<step>.pt kept besides ckpt.pt: the last few, and multiples of keep_every
-eval_interval, eval_batches = 250, 4  # held-out loss every eval_interval steps on eval_batches x batch_size fixed prompts
+keep_last = 3                # step checkpoints ckpt_<step>.pt kept besides ckpt.pt: the last few
+keep_every = 0               # ... and every multiple of this (0: none); a multiple of ckpt_interval
+eval_interval = 250          # held-out loss every this many steps
+eval_batches = 4             # ... on this many batches of batch_size fixed prompts (never trained on)
 log_interval = 50            # one log line / metrics row every this many steps
-resume = False               # continue the run in out_dir from its ckpt.pt
-allow_config_change = False  # on resume, accept changed model/data keys (you own the consequences)
-wandb_log, wandb_project = False, 'icl'  # off by default; imported lazily on rank 0
+resume = False               # continue the run in out_dir from its latest checkpoint
+allow_config_change = False  # on resume, accept changed model/data keys or process count (you own the consequences)
+wandb_log = False            # log to wandb (off by default; imported lazily on rank 0)
+wandb_project = 'icl'        # the wandb project
 # task (tasks.py); the task configs in configs/ hold the paper's settings
-task = 'linear_regression'
+task = 'linear_regression'   # a tasks.TASKS name
 n_dims = 5                   # x dimension; the model is built for it (the curriculum's end value)
 n_points = 11                # points per prompt at the end of the curriculum (2d + 1: enough to solve it)
-curriculum, curriculum_interval = False, 2000  # Garg's curriculum: dims and points grow every curriculum_interval steps
-curriculum_dims_start, curriculum_dims_inc = 5, 1
-curriculum_points_start, curriculum_points_inc = 11, 2
+curriculum = False           # Garg's curriculum: dims and points grow every curriculum_interval steps
+curriculum_interval = 2000   # steps per curriculum stage
+curriculum_dims_start = 5    # active dims at step 0, then + curriculum_dims_inc per stage, up to n_dims
+curriculum_dims_inc = 1      # active dims added per stage
+curriculum_points_start = 11 # points at step 0, then + curriculum_points_inc per stage, up to n_points
+curriculum_points_inc = 2    # points added per stage
 sparsity = 3                 # sparse_linear_regression: non-zero weights
-mlp_hidden, mlp_normalize = 100, False  # relu2nn_regression: hidden width; Garg's sqrt(2/h) scaling (the paper: off)
-tree_depth, parity_k = 4, 2  # decision_tree depth; sparse_parity: size of the hidden subset
+mlp_hidden = 100             # relu2nn_regression: hidden width
+mlp_normalize = False        # relu2nn_regression: Garg's sqrt(2/h) scaling (the paper: off)
+tree_depth = 4               # decision_tree: depth
+parity_k = 2                 # sparse_parity: size of the hidden subset
 noise_std = 0.0              # training noise on y (regression tasks)
 # model (model.ModelConfig documents each field; the presets in configs/ set these)
 arch = 'gpt2'                # a label for run names and score tables
-n_layer, n_embd, n_head = 4, 64, 4
+n_layer = 4                  # blocks
+n_embd = 64                  # width of the residual stream
+n_head = 4                   # attention heads
 n_positions = 141            # learned position table holds 2 * n_positions tokens
-norm, pos, attn, ffn = 'layernorm', 'learned', 'gpt2', 'gelu'
-ffn_mult, mamba_embed = 4.0, False
-layer_pattern = 'A'          # mixer per block, tiled: A = attention, M = Mamba
-d_state, d_conv, expand, dt_rank = 16, 4, 4, 0  # Mamba; expand 4 as the paper (sizes like the transformers'); dt_rank 0 -> ceil(C/16)
-scan_backend = 'auto'        # ssm_scan.selective_scan backend: auto | torch | triton
+norm = 'layernorm'           # a model.NORMS name: layernorm | rmsnorm
+pos = 'learned'              # learned | rope | none
+attn = 'gpt2'                # gpt2 (biased fused qkv and proj) | llama (no biases)
+ffn = 'gelu'                 # a model.FFNS name: gelu | swiglu | mamba | none
+ffn_mult = 4.0               # FFN hidden width = ffn_mult * n_embd (the reference: 4, SwiGLU too)
+mamba_embed = False          # a leading Mamba block as positional embedder (2.1, 2.3, MambaFormer)
+layer_pattern = 'A'          # mixer per block, tiled: model.MIXERS letters, A = attention, M = Mamba
+d_state = 16                 # Mamba state size per channel
+d_conv = 4                   # Mamba's causal conv width
+expand = 4                   # Mamba width = expand * n_embd; 4 as the paper (sizes like the transformers')
+dt_rank = 0                  # Mamba dt projection rank; 0 -> ceil(n_embd / 16)
+scan_backend = 'auto'        # ssm_scan.selective_scan backend: auto | torch | cpu | triton
 reference_quirks = False     # residual doubling and init of the reference package (docs/paper.md §3.4)
 # optimizer: Adam as in the paper (no decay, no schedule, no clipping unless asked)
 batch_size = 64              # prompts per optimizer step, summed over all processes
 micro_batch_size = 0         # prompts per forward pass per process; 0 -> batch_size / world_size
 learning_rate = 1e-3         # the paper uses 1e-4 (parity 4e-4, MQAR 2e-4) at full size: see configs/
-max_iters = 5000
-weight_decay, beta1, beta2 = 0.0, 0.9, 0.999
+max_iters = 5000             # optimizer steps
+weight_decay = 0.0           # AdamW decay of Linear/Embedding weights; 0: plain Adam, the paper's
+beta1 = 0.9                  # Adam's beta1
+beta2 = 0.999                # Adam's beta2
 grad_clip = 0.0              # clip the global grad norm to this; 0 = off
 lr_schedule = 'constant'     # constant | cosine (linear warmup, then cosine to min_lr at max_iters)
-warmup_iters, min_lr = 0, 0.0
+warmup_iters = 0             # steps of linear warmup
+min_lr = 0.0                 # the cosine schedule's final learning rate
 # system
-seed = 1337
+seed = 1337                  # fixes the init and the data stream
 device = 'auto'              # auto | cpu | cuda | cuda:N
 dtype = 'float32'            # float32 | bfloat16 (autocast; the scan and the loss stay fp32)
 compile = False              # torch.compile the model
 ddp_timeout = 600            # seconds a process waits for the others before the job fails
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
-CHOICES = dict(task=tasks.TASK_NAMES, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS,
-               lr_schedule=('constant', 'cosine'), dtype=('float32', 'bfloat16'), scan_backend=('auto', 'torch', 'triton'))
-# number keys that must be >= 1 (POSITIVE) or >= 0 (NONNEG); ints <= 2**62 (tensor sizes) or the UPPER bound
-POSITIVE = ('batch_size n_dims n_points n_layer n_embd n_head n_positions d_state d_conv expand ckpt_interval keep_last eval_interval '
-            'eval_batches log_interval curriculum_interval curriculum_dims_start curriculum_dims_inc curriculum_points_start '
-            'curriculum_points_inc mlp_hidden tree_depth parity_k sparsity ddp_timeout').split()  # curriculum: min(start + inc*k, end)
+# the tables themselves (not copies): a task or FFN added to tasks.TASKS or model.FFNS is a valid name at once
+CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS, lr_schedule=('constant', 'cosine'),
+               dtype=('float32', 'bfloat16'), scan_backend=ssm_scan.BACKENDS)
+# number keys that must be >= 1 (POSITIVE) or >= 0 (NONNEG); ints <= 2**62 (tensor sizes) or their UPPER bound
+POSITIVE = '''batch_size n_dims n_points n_layer n_embd n_head n_positions d_state d_conv expand ckpt_interval
+    keep_last eval_interval eval_batches log_interval curriculum_interval curriculum_dims_start curriculum_dims_inc
+    curriculum_points_start curriculum_points_inc mlp_hidden tree_depth parity_k sparsity ddp_timeout'''.split()
 NONNEG = 'max_iters keep_every micro_batch_size warmup_iters seed dt_rank grad_clip weight_decay min_lr noise_std'.split()
-UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)  # manual_seed, memory, timedelta
+UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)  # manual_seed, timedelta
 # keys that may differ between a checkpoint and the resumed run without changing what is trained
-RESUME_FREE = set(('out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every eval_interval eval_batches '
-                   'log_interval wandb_log wandb_project device compile scan_backend ddp_timeout').split())
+RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every eval_interval
+    eval_batches log_interval wandb_log wandb_project device compile scan_backend ddp_timeout'''.split())
+RUN_FILES = re.compile(r'ckpt\.pt|ckpt_\d+\.pt|metrics\.jsonl|log\.txt')  # a directory holding any of these holds a run
+LOCK_FILE = 'train.lock'
+
 
 class UserError(Exception):
     """bad input or a failed run: printed as one line `error: ...` (exit code 2), no traceback."""
@@ -82,77 +135,173 @@ class UserError(Exception):
 # -----------------------------------------------------------------------------
 # config
 
+def short(value, limit=60):
+    """a value for an error message: its repr, cut to `limit` characters with its length said"""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
+
+
+def _oneline(e):  # an exception as one short line (load_state_dict and gloo errors span several)
+    return ' '.join(str(e).split())[:300] or type(e).__name__
+
+
+def parse_value(key, raw, default):
+    """the value of --key=raw, typed like the default: text keys take the text as typed (--out_dir=runs/1),
+    the others a Python literal (--n_embd=64, --learning_rate=1e-3, --compile=True)."""
+    if type(default) is str:
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        digits = raw.strip().lstrip('+-')
+        if digits.isdigit():  # Python refuses integer literals of more than 4,300 digits
+            raise UserError(f"--{key}: a {len(digits):,}-digit number is out of range")
+        return raw  # not a literal: coerce() says it has the wrong type
+
+
 def coerce(key, value, default, where):
     if type(value) is int and type(default) is float:
         value = float(value)  # --learning_rate=1 means 1.0
     if type(value) is not type(default):
-        raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}), got {value!r:.80}")
+        raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}), "
+                        f"got {short(value)}")
     return value
 
-def load_config(argv):
-    """defaults <- config files <- --key=value. Returns (cfg, keys the user set explicitly)."""
-    cfg, explicit = dict(DEFAULTS), set()
-    for arg in argv:
-        if arg.startswith('--'):
-            key, eq, raw = arg[2:].partition('=')
-            if not eq:
-                raise UserError(f"{arg}: overrides are written --key=value")
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError, MemoryError, RecursionError):
-                value = raw  # a bare string such as --task=mqar
-            items = {key: raw if type(DEFAULTS.get(key)) is str else value}  # --out_dir=runs/1 is a string as typed
-        elif not os.path.isfile(arg):
-            raise UserError(f"config file {arg!r} not found (the presets are in configs/)")
-        else:
-            ns = {}
-            try:
-                with open(arg) as f:
-                    exec(builtins.compile(f.read(), arg, 'exec'), {}, ns)  # the config key 'compile' shadows the builtin
-            except (Exception, SystemExit) as e:
-                raise UserError(f"config file {arg} failed to run: {type(e).__name__}: {_oneline(e)}")
-            # `import math` or a helper function in a config is fine
-            items = {k: v for k, v in ns.items() if not (k.startswith('_') or inspect.ismodule(v) or callable(v))}
-        for key, value in items.items():
-            if key not in cfg:
-                close = difflib.get_close_matches(key, DEFAULTS, n=1)
-                raise UserError(f"unknown config key {key!r} in {arg}" + (f" (did you mean {close[0]!r}?)" if close else ''))
-            cfg[key] = coerce(key, value, DEFAULTS[key], arg)
-            explicit.add(key)
-    cfg['out_dir'] = cfg['out_dir'] or os.path.join('out', f"{cfg['arch']}-{cfg['task']}")
+
+def _unknown_key(key, where):
+    close = difflib.get_close_matches(key, DEFAULTS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ''
+    return UserError(f"unknown config key {short(key)} in {where}{hint}")
+
+
+def _run_config_file(path):
+    """the keys a config file sets: it runs as a module (one namespace), and its plain values are the keys"""
+    if os.path.isdir(path):
+        raise UserError(f"config file {short(path)} is a directory (the presets are files in configs/)")
+    if not os.path.isfile(path):
+        raise UserError(f"config file {short(path)} not found (the presets are in configs/)")
+    ns = {}
+    try:
+        with open(path) as f:
+            code = builtins.compile(f.read(), path, 'exec')  # the config key 'compile' shadows the builtin
+        exec(code, ns)
+    except (Exception, SystemExit) as e:
+        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}")
+    return {k: v for k, v in ns.items() if not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
+
+
+def load_config(argv, sources=None):
+    """defaults <- config files (architecture files, then files that set `task`) <- --key=value overrides.
+    Returns (cfg, the keys set explicitly); a `sources` dict gets where each key's value came from."""
+    cfg = dict(DEFAULTS)
+    sources = {} if sources is None else sources
+    sources.update(dict.fromkeys(DEFAULTS, "train.py's defaults"))
+    overrides = [a for a in argv if a.startswith('-')]
+    files = [(a, _run_config_file(a)) for a in argv if not a.startswith('-')]
+    files.sort(key=lambda item: 'task' in item[1])  # stable: architecture files first, task files after
+    settings = []
+    for path, items in files:
+        settings += [(key, value, path) for key, value in items.items()]
+    for arg in overrides:
+        key, eq, raw = arg[2:].partition('=') if arg.startswith('--') else (arg, '', '')
+        if not arg.startswith('--') or not eq:
+            raise UserError(f"{short(arg)}: options are written --key=value (python train.py --help lists the keys)")
+        if key not in DEFAULTS:
+            raise _unknown_key(key, 'the command line')
+        settings.append((key, parse_value(key, raw, DEFAULTS[key]), 'the command line'))
+    for key, value, where in settings:
+        if key not in DEFAULTS:
+            raise _unknown_key(key, where)
+        cfg[key] = coerce(key, value, DEFAULTS[key], where)
+        sources[key] = where
+    cfg['out_dir'] = os.path.expanduser(cfg['out_dir']) or os.path.join('out', f"{cfg['arch']}-{cfg['task']}")
+    explicit = {key for key, _, _ in settings}
     return cfg, explicit
 
-def _oneline(e):  # an exception as one short line (load_state_dict and gloo errors span several)
-    return ' '.join(str(e).split())[:300] or type(e).__name__
+
+def config_help(path, title):
+    """usage text from the defaults block of `path` (train.py or evaluate.py): each key, its default, its comment"""
+    lines, inside = [title, ''], False
+    with open(path) as f:
+        for line in f:
+            if line.startswith('# ----'):
+                if inside:
+                    break
+                inside = True
+                continue
+            m = re.match(r"(\w+) = (.+?)\s+# (.*)", line)
+            if inside and m:
+                lines.append(f"  --{m[1]}={m[2].strip()}".ljust(34) + f" {m[3]}")
+            elif inside and line.startswith('# '):
+                lines.append(line[2:].rstrip())
+    return '\n'.join(lines)
+
 
 def validate(cfg, world_size=1):
     """range and consistency checks; returns the ModelConfig. Raises UserError naming the problem."""
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
-            raise UserError(f"{key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"{key}={short(cfg[key])} is not one of {', '.join(allowed)}")
     for key in POSITIVE + NONNEG:
-        lo, hi = int(key in POSITIVE), UPPER.get(key, math.inf if type(cfg[key]) is float else 2**62)  # ints: tensor sizes
+        lo = int(key in POSITIVE)
+        hi = UPPER.get(key, math.inf if type(cfg[key]) is float else 2**62)  # ints: tensor sizes
         if not (lo <= cfg[key] <= hi and cfg[key] < math.inf):  # also false for nan; no float() of huge ints
             bound = f'in [{lo}, {hi}]' if key in UPPER else f'>= {lo}' + (' (and <= 2**62)' if hi < math.inf else '')
-            raise UserError(f"{key} must be {bound}, got {cfg[key]!r:.80}")
-    for key, ok, what in (('learning_rate', 0 < cfg['learning_rate'] < math.inf, 'positive and finite'),
-                          ('ffn_mult', 0 < cfg['ffn_mult'] < math.inf, 'positive and finite'),
-                          ('beta1', 0 <= cfg['beta1'] < 1, 'in [0, 1)'), ('beta2', 0 <= cfg['beta2'] < 1, 'in [0, 1)')):
+            raise UserError(f"{key} must be {bound}, got {short(cfg[key])}")
+    checks = (('learning_rate', 0 < cfg['learning_rate'] < math.inf, 'positive and finite'),
+              ('ffn_mult', 0 < cfg['ffn_mult'] < math.inf, 'positive and finite'),
+              ('beta1', 0 <= cfg['beta1'] < 1, 'in [0, 1)'),
+              ('beta2', 0 <= cfg['beta2'] < 1, 'in [0, 1)'),
+              ('n_points', cfg['n_points'] >= 2, '>= 2 (the score needs a prediction made after an example)'))
+    for key, ok, what in checks:
         if not ok:
-            raise UserError(f"{key} must be {what}, got {cfg[key]!r}")
+            raise UserError(f"{key} must be {what}, got {short(cfg[key])}")
+    if cfg['keep_every'] % cfg['ckpt_interval']:
+        raise UserError(f"keep_every={cfg['keep_every']} must be a multiple of ckpt_interval={cfg['ckpt_interval']} "
+                        "(checkpoints exist only at multiples of ckpt_interval)")
     if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', cfg['device']):
-        raise UserError(f"device={cfg['device']!r} is not one of auto, cpu, cuda, cuda:N")
+        raise UserError(f"device={short(cfg['device'])} is not one of auto, cpu, cuda, cuda:N")
     per_rank = cfg['batch_size'] // world_size
     if cfg['batch_size'] % world_size or per_rank % (cfg['micro_batch_size'] or per_rank):
-        raise UserError(f"batch_size={cfg['batch_size']} must split evenly over {world_size} process(es) and then into "
-                        f"micro-batches of micro_batch_size={cfg['micro_batch_size']}")
+        raise UserError(f"batch_size={cfg['batch_size']} must split evenly over {world_size} process(es) and then "
+                        f"into micro-batches of micro_batch_size={cfg['micro_batch_size']}")
     if cfg['pos'] == 'learned' and cfg['n_points'] > cfg['n_positions']:
-        raise UserError(f"n_points={cfg['n_points']} exceeds the learned position table (n_positions={cfg['n_positions']})")
-    try:  # one prompt at step 0 (the run's smallest) runs the sampler's own checks: parity_k, mqar points, noise_std
+        raise UserError(f"n_points={cfg['n_points']} exceeds the learned position table "
+                        f"(n_positions={cfg['n_positions']})")
+    try:  # one prompt at step 0 (the run's smallest) runs the sampler's own checks: parity_k, mqar points, noise
         get_batch(cfg, 0, 0, 1)
         return ModelConfig.from_dict({**cfg, 'y_dim': tasks.y_dim(cfg['task'], cfg['n_dims'])})
     except (ValueError, RuntimeError) as e:  # RuntimeError: a prompt too large to allocate
         raise UserError(f"config: {_oneline(e)}")
+
+
+def resolve_device(cfg):
+    """the device to run on, after checking it exists and can run the requested scan backend"""
+    dev = cfg['device']
+    if dev == 'auto':
+        dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if cfg['scan_backend'] == 'triton' and not dev.startswith('cuda') and not ssm_scan.INTERPRET:
+        raise UserError("scan_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter); "
+                        "use scan_backend='auto'")
+    if cfg['scan_backend'] == 'triton' and not ssm_scan.HAS_TRITON:
+        raise UserError("scan_backend='triton' but triton is not installed")
+    if cfg['scan_backend'] == 'cpu' and dev != 'cpu':
+        raise UserError(f"scan_backend='cpu' is the CPU kernel, but the run is on {dev}; use scan_backend='auto'")
+    if cfg['wandb_log'] and importlib.util.find_spec('wandb') is None:
+        raise UserError("wandb_log=True but wandb is not installed (pip install wandb), or leave wandb_log off")
+    return dev
+
+
+def describe_task(cfg, sources):
+    """one line: the task and its size, and where they came from; how to get the paper's setting"""
+    where = sources['task']
+    text = (f"task: {cfg['task']}, d = {cfg['n_dims']}, {cfg['n_points']} points, lr {cfg['learning_rate']:g}, "
+            f"{cfg['max_iters']:,} steps (from {where})")
+    if where == "train.py's defaults":
+        text += f"; the paper's setting of a task: add configs/<task>.py, e.g. configs/{cfg['task']}.py"
+    return text
 
 # -----------------------------------------------------------------------------
 # checkpoints: written atomically, loaded safely
@@ -161,7 +310,8 @@ def load_checkpoint(path):
     """a checkpoint dict, or a UserError saying what is wrong with the file. Never unpickles code."""
     path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
     if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path} (a run killed before writing one has nothing to resume: start it anew)")
+        raise UserError(f"no checkpoint at {path} (a run killed before writing one has nothing to resume: "
+                        "start it anew)")
     try:
         with zipfile.ZipFile(path) as z, warnings.catch_warnings():
             warnings.simplefilter('ignore')
@@ -169,28 +319,131 @@ def load_checkpoint(path):
             ckpt = None if bad else torch.load(path, map_location='cpu', weights_only=True)  # never runs pickled code
     except Exception as e:
         refused = 'weights_only' in str(e) or 'Unsupported global' in str(e)
-        raise UserError(f"{path} " + ("holds objects that safe loading refuses (not a checkpoint of this project?)" if refused
-                                      else "is not a readable checkpoint (truncated or corrupted?)") + f": {_oneline(e)}")
+        what = ("holds objects that safe loading refuses (not a checkpoint of this project?)" if refused
+                else "is not a readable checkpoint (truncated or corrupted?)")
+        raise UserError(f"{path} {what}: {_oneline(e)}")
     if bad:
         raise UserError(f"{path} is corrupted: checksum mismatch in {bad}")
-    missing = [k for k in ('model', 'optimizer', 'step', 'config', 'model_args') if not isinstance(ckpt, dict) or k not in ckpt]
+    keys = ('model', 'optimizer', 'step', 'config', 'model_args')
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
     if missing or not isinstance(ckpt['config'], dict) or type(ckpt['step']) is not int:
-        raise UserError(f"{path} is not a checkpoint of this project (missing or malformed: {', '.join(missing) or 'config, step'})")
+        raise UserError(f"{path} is not a checkpoint of this project (missing or malformed: "
+                        f"{', '.join(missing) or 'config, step'})")
     return ckpt
+
+
+def step_checkpoints(out_dir):
+    """[(step, path)] of the ckpt_<step>.pt files in out_dir, by step (numerically: past 10^7 too)"""
+    found = []
+    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
+        m = re.fullmatch(r'ckpt_(\d+)\.pt', name)
+        if m:
+            found.append((int(m[1]), os.path.join(out_dir, name)))
+    return sorted(found)
+
+
+def resume_checkpoint(out_dir):
+    """(path, checkpoint) to resume from: ckpt.pt, or, when it is missing, the newest readable step checkpoint"""
+    latest = os.path.join(out_dir, 'ckpt.pt')
+    if os.path.exists(latest) or not step_checkpoints(out_dir):
+        return latest, load_checkpoint(latest)
+    for step, path in reversed(step_checkpoints(out_dir)):
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            print(f"note: skipping {path}: {e}", file=sys.stderr)
+            continue
+        print(f"note: {latest} is missing; resuming from the newest step checkpoint {path} (step {step})")
+        return path, ckpt
+    raise UserError(f"no readable checkpoint in {out_dir} (ckpt.pt is missing and no ckpt_<step>.pt loads)")
+
 
 def _fsync_write(path, write):
     tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one (and a stale .tmp the next write reuses)
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
+    except BaseException:  # disk full, a second Ctrl-C: no partial .tmp is left behind; `path` is untouched
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
 
 def truncate_metrics(path, step):
-    # rows past the resumed checkpoint and a half-written last line go: the resumed metrics equal an uninterrupted run's
-    if os.path.exists(path):
-        rows = [line for line in open(path) if line.endswith('\n') and json.loads(line)['step'] <= step]
-        _fsync_write(path, lambda f: f.write(''.join(rows).encode()))
+    """drop the rows past the resumed checkpoint, a half-written last line and malformed lines, so the resumed
+    metrics equal an uninterrupted run's. Returns how many malformed lines were dropped."""
+    if not os.path.exists(path):
+        return 0
+    keep, dropped = [], 0
+    with open(path, 'rb') as f:
+        for line in f:
+            if not line.endswith(b'\n'):
+                continue  # a row the killed run was writing
+            try:
+                row = json.loads(line.decode('utf-8'))
+                row_step = row['step'] if isinstance(row, dict) and type(row['step']) is int else None
+            except (ValueError, KeyError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+                row_step = None
+            if row_step is None:
+                dropped += 1
+            elif row_step <= step:
+                keep.append(line)
+    _fsync_write(path, lambda f: f.write(b''.join(keep)))
+    return dropped
+
+
+class RunDirectory:
+    """the files of one run, and the lock that keeps a second train.py out of it while it runs"""
+
+    def __init__(self, out_dir):
+        self.dir = out_dir
+        self.ckpt = os.path.join(out_dir, 'ckpt.pt')
+        self.metrics = os.path.join(out_dir, 'metrics.jsonl')
+        self.log = os.path.join(out_dir, 'log.txt')
+        self.lock_fd = None
+
+    def run_files(self):
+        return sorted(f for f in os.listdir(self.dir) if RUN_FILES.fullmatch(f)) if os.path.isdir(self.dir) else []
+
+    def check_new(self):
+        """a new run needs a directory that holds no run (and is not a file)"""
+        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
+            raise UserError(f"out_dir {self.dir} is a file; choose another --out_dir")
+        held = self.run_files()
+        if held:
+            shown = ', '.join(held[:4]) + (f' and {len(held) - 4} more' if len(held) > 4 else '')
+            raise UserError(f"{self.dir} already holds a run ({shown}); continue it with --resume=True or choose "
+                            "another --out_dir")
+
+    def claim(self):
+        """hold an exclusive lock on the directory for this process's life (released at exit or by release())"""
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors='replace').strip() or '?'
+            os.close(fd)
+            raise UserError(f"{self.dir} is in use by another train.py (pid {holder}); wait for it to finish or "
+                            "choose another --out_dir")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def release(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # closing the descriptor releases the flock
+            self.lock_fd = None
+
+    def append(self, path, text):
+        try:
+            with open(path, 'a') as f:
+                f.write(text)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e} (disk full?)")
 
 # -----------------------------------------------------------------------------
 # data and schedule
@@ -200,69 +453,177 @@ def batch_generator(seed, step, rank):
     digest = hashlib.blake2b(f'{seed}/{step}/{rank}'.encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, 'little') >> 1)
 
+
 def get_batch(cfg, step, rank, n_prompts, gen=None):
     n_dims_active, n_points = tasks.curriculum(step, cfg)
-    return tasks.sample(cfg['task'], n_prompts, n_points, cfg['n_dims'], gen or batch_generator(cfg['seed'], step, rank),
-                        n_dims_active=n_dims_active, **{k: cfg[k] for k in tasks.TASK_DEFAULTS})
+    gen = gen or batch_generator(cfg['seed'], step, rank)
+    params = {k: cfg[k] for k in tasks.TASK_DEFAULTS}
+    return tasks.sample(cfg['task'], n_prompts, n_points, cfg['n_dims'], gen, n_dims_active=n_dims_active, **params)
+
 
 def get_lr(it, cfg):
-    lr, warm = cfg['learning_rate'], cfg['warmup_iters']
+    lr = cfg['learning_rate']
+    warm = cfg['warmup_iters']
     if it < warm or cfg['lr_schedule'] == 'constant':
         return lr * min(1.0, (it + 1) / warm) if warm else lr  # linear warmup
-    progress = min(1.0, (it - cfg['warmup_iters']) / max(1, cfg['max_iters'] - cfg['warmup_iters']))
+    progress = min(1.0, (it - warm) / max(1, cfg['max_iters'] - warm))
     return cfg['min_lr'] + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - cfg['min_lr'])
 
+
 def icl_loss(pred, ys, task):
-    if task in tasks.PREDICT_LAST:
+    if tasks.get(task).predict_last:
         return F.mse_loss(pred[:, -1].float(), ys[:, -1])  # MQAR: only the query counts
     return F.mse_loss(pred.float(), ys)  # mean over prompts, positions and y dims, as the paper
+
+# -----------------------------------------------------------------------------
+# the pieces of a run around the loop
+
+def resume_config(cfg, explicit, ckpt, where, world):
+    """the config a resumed run continues with: the checkpoint's, plus the keys given now. Refuses a change of
+    what is trained (model, data, optimizer keys, the number of processes) unless allow_config_change."""
+    saved = {k: coerce(k, v, DEFAULTS[k], where) for k, v in ckpt['config'].items() if k in DEFAULTS}
+    free = set(RESUME_FREE)
+    if saved.get('lr_schedule') == 'cosine':
+        free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
+    changed = sorted(f"{k}: {short(saved.get(k))} -> {short(cfg[k])}" for k in explicit - free if saved.get(k) != cfg[k])
+    trained_world = ckpt.get('world_size')  # (checkpoints before it was recorded: unknown)
+    if trained_world is not None and trained_world != world:
+        changed.append(f"processes: {trained_world} -> {world} (each process samples its own prompts, so the data "
+                       "stream would change; resume with the same torchrun --nproc_per_node)")
+    if changed and not cfg['allow_config_change']:
+        raise UserError(f"resume would change the run in {cfg['out_dir']} ({'; '.join(changed)}); "
+                        "--allow_config_change=True does it")
+    return {**DEFAULTS, **saved, **{k: cfg[k] for k in explicit}, 'out_dir': cfg['out_dir']}  # out_dir: where it is now
+
+
+def build(cfg, mcfg, device):
+    """the held-out prompts and the model. Only a failure to allocate gets the friendly message; any other
+    error (a bug in a new module, say) keeps its traceback."""
+    try:
+        val_cfg = {**cfg, 'curriculum': False}  # the end of the curriculum, on its own seed stream (never trained on)
+        val = []
+        for i in range(cfg['eval_batches']):
+            batch = get_batch(val_cfg, 0, 0, cfg['batch_size'], batch_generator(cfg['seed'], -1 - i, 0))
+            val.append([t.to(device) for t in batch])
+        return val, ICLModel(mcfg).to(device)
+    except (RuntimeError, OverflowError, MemoryError) as e:
+        allocation = isinstance(e, (torch.OutOfMemoryError, MemoryError, OverflowError)) or re.search(
+            r"alloc|out of memory|not enough memory|Overflow|too large|invalid argument|numel", str(e), re.I)
+        if not allocation:
+            raise
+        raise UserError(f"cannot build this model or held-out set here (too large?): {_oneline(e)}")
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP (Ctrl-C, a scheduler's preemption, a closed terminal) ask the run to stop after
+    the current step with a checkpoint; another one a second or more later stops it at once. (Copies within a
+    second are the same request: under torchrun a Ctrl-C reaches each worker twice, from the terminal and
+    forwarded by torchrun.) The old handlers come back on exit."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    SAME_REQUEST_S = 1.0
+
+    def __init__(self):
+        self.count = 0
+        self.first = None
+
+    def _handle(self, signum, frame):
+        now = time.monotonic()
+        self.count += 1
+        if self.first is None:
+            self.first = now
+        elif now - self.first >= self.SAME_REQUEST_S:
+            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+def _git_rev():
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        cwd = os.path.dirname(os.path.abspath(__file__))
+        rev = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=cwd, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        return rev or 'unknown'
+    return 'unknown'
 
 # -----------------------------------------------------------------------------
 # the run
 
 def main(argv):
-    cfg, explicit = load_config(argv)
+    if any(a in ('-h', '--help') for a in argv):
+        print(config_help(__file__, __doc__.strip()))
+        return None
+    sources = {}
+    cfg, explicit = load_config(argv, sources)
     ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
-    rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-    master, out_dir = rank == 0, cfg['out_dir']
-    ckpt_path, metrics_path, log_path = (os.path.join(out_dir, f) for f in ('ckpt.pt', 'metrics.jsonl', 'log.txt'))
-    ckpt = load_checkpoint(ckpt_path) if cfg['resume'] else None
-    if ckpt:
-        saved = {k: coerce(k, v, DEFAULTS[k], ckpt_path) for k, v in ckpt['config'].items() if k in DEFAULTS}
-        free = RESUME_FREE - ({'max_iters'} if saved.get('lr_schedule') == 'cosine' else set())  # cosine decays to max_iters
-        changed = sorted(f"{k}: {saved.get(k)!r} -> {cfg[k]!r}" for k in explicit - free if saved.get(k) != cfg[k])
-        if changed and not cfg['allow_config_change']:
-            raise UserError(f"resume would change the run in {out_dir} ({'; '.join(changed)}); --allow_config_change=True does it")
-        cfg = {**DEFAULTS, **saved, **{k: cfg[k] for k in explicit}, 'out_dir': out_dir}  # out_dir: where it is now
-    elif os.path.exists(out_dir) and not os.path.isdir(out_dir) or any(map(os.path.exists, (ckpt_path, metrics_path, log_path))):
-        raise UserError(f"{out_dir} already holds a run (or a file); continue it with --resume=True or choose another --out_dir")
+    rank = int(os.environ['RANK']) if ddp else 0
+    world = int(os.environ['WORLD_SIZE']) if ddp else 1
+    master = rank == 0
+    run = RunDirectory(cfg['out_dir'])
+    ckpt = None
+    if cfg['resume']:
+        ckpt_path, ckpt = resume_checkpoint(run.dir)
+        cfg = resume_config(cfg, explicit, ckpt, ckpt_path, world)
+    else:
+        run.check_new()
     mcfg = validate(cfg, world)
+    dev = resolve_device(cfg)
 
     # --- processes and devices
-    dev = cfg['device'] if cfg['device'] != 'auto' else 'cuda' if torch.cuda.is_available() else 'cpu'
-    if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if ddp:
         if dev.startswith('cuda'):
             dev = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(dev)
-        dist.init_process_group('nccl' if dev.startswith('cuda') else 'gloo', timeout=datetime.timedelta(seconds=cfg['ddp_timeout']))
-        dist.barrier()  # every rank has passed the checks above before rank 0 writes anything
+        backend = 'nccl' if dev.startswith('cuda') else 'gloo'
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg['ddp_timeout']))
     device = torch.device(dev)
+    torch.manual_seed(cfg['seed'])  # the same init on every rank: the seed is global
+    val, raw_model = build(cfg, mcfg, device)  # (a model too large to allocate is refused before anything is written)
+    # rank 0 claims the directory (the lock, and a re-check under it: two new runs started at once); every rank
+    # learns whether it did before anything is written
+    claim_error = None
+    if master:
+        try:
+            run.claim()
+            if ckpt is None:
+                run.check_new()
+        except UserError as e:
+            run.release()
+            claim_error = e
+    if ddp:
+        claimed = torch.tensor([0.0 if claim_error else 1.0], device=device)
+        dist.all_reduce(claimed, op=dist.ReduceOp.MIN)
+        if claimed.item() == 0 and not claim_error:
+            claim_error = UserError(f"process 0 could not claim {run.dir}; see its message")
+    if claim_error:
+        raise claim_error
+    try:
+        step = _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_model)
+    finally:
+        run.release()
+    if ddp:  # (after a failure the process exits instead: a group with a dead peer may not tear down cleanly)
+        dist.destroy_process_group()
+    return step
+
+
+def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_model):
+    master = rank == 0
     per_rank = cfg['batch_size'] // world
     micro = cfg['micro_batch_size'] or per_rank  # validate() checked that it divides per_rank
     accum = per_rank // micro
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = device.type == 'cuda'  # (no-op on CPU)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg['dtype'] == 'bfloat16' else contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = device.type == 'cuda'  # (no-ops on CPU)
+    torch.backends.cudnn.allow_tf32 = device.type == 'cuda'
+    if cfg['dtype'] == 'bfloat16':
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
 
-    # --- model and optimizer (same init on every rank: the seed is global)
-    torch.manual_seed(cfg['seed'])
-    try:  # fixed held-out prompts at the end of the curriculum, on their own seed stream (never trained on)
-        val = [[t.to(device) for t in get_batch({**cfg, 'curriculum': False}, 0, 0, cfg['batch_size'],
-                                                batch_generator(cfg['seed'], -1 - i, 0))] for i in range(cfg['eval_batches'])]
-        raw_model = ICLModel(mcfg).to(device)
-    except (RuntimeError, OverflowError, MemoryError) as e:
-        raise UserError(f"cannot build this model or held-out set here (too large?): {_oneline(e)}")
+    # --- the optimizer, and the checkpoint's state when resuming
     groups = raw_model.optim_groups(cfg['weight_decay'])
     opt_cls = torch.optim.AdamW if cfg['weight_decay'] > 0 else torch.optim.Adam  # the paper: plain Adam
     optimizer = opt_cls(groups, lr=cfg['learning_rate'], betas=(cfg['beta1'], cfg['beta2']))
@@ -272,129 +633,159 @@ def main(argv):
             raw_model.load_state_dict(ckpt['model'])
             optimizer.load_state_dict(ckpt['optimizer'])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{ckpt_path} does not fit this model/optimizer (another architecture?): {_oneline(e)}")
-        for g, fresh in zip(optimizer.param_groups, groups):  # the saved groups would override betas/decay set on resume
+            raise UserError(f"the checkpoint in {run.dir} does not fit this model/optimizer (another architecture?): "
+                            f"{_oneline(e)}")
+        for g, fresh in zip(optimizer.param_groups, groups):  # the saved groups would override betas/decay set now
             g.update(betas=(cfg['beta1'], cfg['beta2']), weight_decay=fresh['weight_decay'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng']['torch'])
     model = torch.compile(raw_model) if cfg['compile'] else raw_model
-    model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None) if ddp else model
+    if ddp:
+        model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
     counts = raw_model.param_counts()
     wandb_id = ckpt.get('wandb_id') if ckpt else os.urandom(4).hex()  # one wandb run across resumes
+    good_step = step  # the step of the last checkpoint on disk
 
     def checkpoint():  # ckpt.pt atomically, then ckpt_<step>.pt as a hard link to it; drop the old ones we don't keep
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
-                     model_args=asdict(mcfg), param_counts=counts, rng=dict(torch=torch.get_rng_state()), wandb_id=wandb_id,
+                     model_args=asdict(mcfg), param_counts=counts, rng=dict(torch=torch.get_rng_state()),
+                     wandb_id=wandb_id, world_size=world,
                      curriculum=dict(zip(('n_dims_active', 'n_points'), tasks.curriculum(step, cfg))))
-        _fsync_write(ckpt_path, lambda f: torch.save(state, f))
-        named = os.path.join(out_dir, f'ckpt_{step:07d}.pt')
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(named)  # a stale one from before a crash
+        named = os.path.join(run.dir, f'ckpt_{step:07d}.pt')
         try:
-            os.link(ckpt_path, named)  # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
-        except OSError:
-            _fsync_write(named, lambda f: torch.save(state, f))
-        steps = sorted(int(f[5:-3]) for f in os.listdir(out_dir) if re.fullmatch(r'ckpt_\d+\.pt', f))  # numeric: past 10^7 too
-        for s in [s for s in steps if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)][:-cfg['keep_last']]:
-            os.remove(os.path.join(out_dir, f'ckpt_{s:07d}.pt'))
+            _fsync_write(run.ckpt, lambda f: torch.save(state, f))
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(named)  # a stale one from before a crash
+            try:
+                os.link(run.ckpt, named)  # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
+            except OSError:
+                _fsync_write(named, lambda f: torch.save(state, f))
+            kept = [s for s, _ in step_checkpoints(run.dir) if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)]
+            for s in kept[:-cfg['keep_last']]:
+                os.remove(os.path.join(run.dir, f'ckpt_{s:07d}.pt'))
+        except OSError as e:
+            raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: {e.strerror or _oneline(e)} "
+                            f"(disk full?); the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
 
     # --- run directory, log, metrics (rank 0 writes; nothing is written before the config is valid)
-    bar = tqdm(total=cfg['max_iters'], initial=step, dynamic_ncols=True, disable=None if master else True, desc=os.path.basename(out_dir))
+    bar = tqdm(total=cfg['max_iters'], initial=step, dynamic_ncols=True, disable=None if master else True,
+               desc=os.path.basename(run.dir))
+
     def log(msg):
         if master:
             bar.write(msg)
-            with open(log_path, 'a') as f:
-                f.write(msg + '\n')
+            run.append(run.log, msg + '\n')
     if master:
-        os.makedirs(out_dir, exist_ok=True)
         if ckpt is None:
             checkpoint()  # step 0 first: from here on a killed run can always be resumed
-        truncate_metrics(metrics_path, step)
-        log(f"{'resuming at step ' + str(step) if ckpt else 'new run'} in {out_dir} | {world} process(es) on {device} | "
-            f"torch {torch.__version__} | git {_git_rev()}\nconfig: {json.dumps(cfg, sort_keys=True)}\nparams: " +
-            ', '.join(f'{k} {v:,}' for k, v in counts.items()) +
-            f" | blocks: {'M+' if mcfg.mamba_embed else ''}{(mcfg.layer_pattern * mcfg.n_layer)[:mcfg.n_layer]}")
-    wandb = importlib.import_module('wandb') if cfg['wandb_log'] and master else None  # optional: imported only when used
-    if wandb:
-        wandb.init(project=cfg['wandb_project'], name=os.path.basename(out_dir), config=cfg, id=wandb_id, resume='allow')
+        dropped = truncate_metrics(run.metrics, step)
+        where = f"resuming at step {step}" if ckpt else "new run"
+        pattern = ('M+' if mcfg.mamba_embed else '') + ''.join(mcfg.blocks())
+        log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | git {_git_rev()}")
+        log(f"config: {json.dumps(cfg, sort_keys=True)}")
+        log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
+        log(describe_task(cfg, sources))
+        if dropped:
+            log(f"note: dropped {dropped} malformed line(s) of {run.metrics}")
+    wandb = None
+    if cfg['wandb_log'] and master:
+        wandb = importlib.import_module('wandb')  # optional: imported only when used (resolve_device checked it)
+        wandb.init(project=cfg['wandb_project'], name=os.path.basename(run.dir), config=cfg, id=wandb_id,
+                   resume='allow')
 
-    # graceful stop: SIGINT/SIGTERM finish the step, checkpoint, exit (the old handlers come back for in-process callers)
-    stop = []
-    old_handlers = {s: signal.signal(s, lambda *_: stop.append(1)) for s in (signal.SIGINT, signal.SIGTERM)}
-    start = good_step = s_last = step
-    stop_any, t0, t_last = False, time.time(), time.time()
-    try:
-        while step < cfg['max_iters'] and not stop_any:
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group['lr'] = lr
-            xs, ys = (t.to(device) for t in get_batch(cfg, step, rank, per_rank))
-            flags = torch.tensor([0.0, float(len(stop))], device=device)  # summed loss, and whether this rank was asked to stop
-            for m in range(accum):
-                sl = slice(m * micro, (m + 1) * micro)
-                with contextlib.nullcontext() if (not ddp or m == accum - 1) else model.no_sync():  # all-reduce once per step
-                    with autocast:
-                        loss = icl_loss(model(xs[sl], ys[sl]), ys[sl], cfg['task'])
-                    (loss / accum).backward()
-                flags[0] += loss.detach() / accum
-            if ddp:
-                dist.all_reduce(flags)  # the true mean loss over ranks, and whether any rank was asked to stop
-            loss_val, stop_any = flags[0].item() / world, flags[1].item() > 0
-            # the grads are all-reduced, so every rank sees the same norm; grad_clip=0 computes it without clipping
-            gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'] or math.inf).item()
-            if not (math.isfinite(loss_val) and math.isfinite(gnorm)):  # before the optimizer step: weights untouched
-                raise UserError(f"non-finite loss ({loss_val}) or grad norm ({gnorm}) in step {step + 1}, before its update; the last "
-                                f"good checkpoint {ckpt_path} (step {good_step}) is intact. Lower learning_rate or set grad_clip, "
-                                "and continue from it with --resume=True --allow_config_change=True")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            save = (last := step == cfg['max_iters']) or stop_any or step % cfg['ckpt_interval'] == 0
-            good_step = step if save else good_step
-            if not master:
-                continue
-            bar.update(1)
-            bar.set_postfix(loss=f'{loss_val:.4f}', refresh=False)
-            row = dict(step=step)
-            if step % cfg['log_interval'] == 0 or last:
-                row.update(loss=loss_val, grad_norm=gnorm, lr=lr, **dict(zip(('n_dims', 'n_points'), tasks.curriculum(step - 1, cfg))),
-                           steps_per_s=round((step - s_last) / max(time.time() - t_last, 1e-9), 3), time=round(time.time() - t0, 2))
-                t_last, s_last = time.time(), step
-            if step % cfg['eval_interval'] == 0 or last:  # (no dropout or batch norm: no train/eval mode to switch)
-                with torch.no_grad(), autocast:
-                    row['val_loss'] = sum(icl_loss(raw_model(x, y), y, cfg['task']).item() for x, y in val) / len(val)
-            if len(row) > 1:
-                with open(metrics_path, 'a') as f:
-                    f.write(json.dumps(row) + '\n')
-                log(' | '.join(f'{k} {v:.4g}' if type(v) is float else f'{k} {v}' for k, v in row.items() if k != 'time'))
-                if wandb:
-                    wandb.log(row, step=step)
-            if save:
-                checkpoint()
-    except (RuntimeError if ddp else torch.OutOfMemoryError) as e:  # OOM mid-run; DDP: a peer died or hung past ddp_timeout
-        why = 'out of memory: try a smaller micro_batch_size' if isinstance(e, torch.OutOfMemoryError) else 'did another process die or hang? see its output'
-        raise UserError(f"process {rank} failed at step {step} ({why}); last checkpoint {ckpt_path} (step {good_step}): {_oneline(e)}")
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        bar.close()
-    log(f"{'stopped' if stop_any else 'done'} at step {step} ({step - start} steps in {time.time() - t0:.1f}s); checkpoint "
-        f"{ckpt_path}" + (f". Resume with: {'torchrun --nproc_per_node=' + str(world) if ddp else 'python'} train.py "
-                          f"--out_dir={out_dir} --resume=True" if stop_any else ''))
+    start = step
+    s_last = step
+    stopping = False
+    t0 = time.time()
+    t_last = t0
+    with StopSignals() as signals:
+        try:
+            while step < cfg['max_iters'] and not stopping:
+                lr = get_lr(step, cfg)
+                for group in optimizer.param_groups:
+                    group['lr'] = lr
+                xs, ys = (t.to(device) for t in get_batch(cfg, step, rank, per_rank))
+                loss_sum = torch.zeros((), device=device)
+                for m in range(accum):
+                    sl = slice(m * micro, (m + 1) * micro)
+                    sync = not ddp or m == accum - 1  # all-reduce the grads once per step, at the last micro-batch
+                    with contextlib.nullcontext() if sync else model.no_sync():
+                        with autocast:
+                            loss = icl_loss(model(xs[sl], ys[sl]), ys[sl], cfg['task'])
+                        (loss / accum).backward()
+                    loss_sum += loss.detach() / accum
+                # a stop asked for during this step is honoured at its end: read here, after the backward, so a
+                # signal costs at most the rest of a step (torchrun kills its workers 30 s after forwarding one)
+                stop_flag = float(signals.count > 0)
+                if ddp:  # the true mean loss over ranks, and whether any rank was asked to stop
+                    flags = torch.stack([loss_sum, torch.tensor(stop_flag, device=device)])
+                    dist.all_reduce(flags)
+                    loss_sum, stop_flag = flags[0], flags[1].item()
+                loss_val = loss_sum.item() / world
+                stopping = stop_flag > 0
+                # the grads are all-reduced, so every rank sees the same norm; grad_clip=0 computes it without clipping
+                gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'] or math.inf).item()
+                if not (math.isfinite(loss_val) and math.isfinite(gnorm)):  # before the optimizer step: weights untouched
+                    msg = (f"non-finite loss ({loss_val}) or grad norm ({gnorm}) in step {step + 1}, before its update; "
+                           f"the last good checkpoint {run.ckpt} (step {good_step}) is intact. Lower learning_rate or "
+                           "set grad_clip, and continue from it with --resume=True --allow_config_change=True")
+                    log(f"stopped: {msg}")
+                    raise UserError(msg)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                last = step == cfg['max_iters']
+                save = last or stopping or step % cfg['ckpt_interval'] == 0
+                if master:
+                    bar.update(1)
+                    bar.set_postfix(loss=f'{loss_val:.4f}', refresh=False)
+                    row = dict(step=step)
+                    if step % cfg['log_interval'] == 0 or last:
+                        n_dims_now, n_points_now = tasks.curriculum(step - 1, cfg)
+                        rate = (step - s_last) / max(time.time() - t_last, 1e-9)
+                        row.update(loss=loss_val, grad_norm=gnorm, lr=lr, n_dims=n_dims_now, n_points=n_points_now,
+                                   steps_per_s=round(rate, 3), time=round(time.time() - t0, 2))
+                        t_last = time.time()
+                        s_last = step
+                    if step % cfg['eval_interval'] == 0 or last:  # (no dropout or batch norm: no train/eval mode)
+                        with torch.no_grad(), autocast:
+                            val_losses = [icl_loss(raw_model(x, y), y, cfg['task']).item() for x, y in val]
+                        row['val_loss'] = sum(val_losses) / len(val)
+                    if len(row) > 1:
+                        run.append(run.metrics, json.dumps(row) + '\n')
+                        fields = [f'{k} {v:.4g}' if type(v) is float else f'{k} {v}' for k, v in row.items() if k != 'time']
+                        log(' | '.join(fields))
+                        if wandb:
+                            wandb.log(row, step=step)
+                    if save:
+                        checkpoint()
+                if save:
+                    good_step = step
+        except KeyboardInterrupt as e:  # the second signal
+            raise UserError(f"{e}: stopped at once in step {step + 1}; the last checkpoint {run.ckpt} "
+                            f"(step {good_step}) is intact")
+        except (RuntimeError if ddp else torch.OutOfMemoryError) as e:  # OOM mid-run; DDP: a peer died or hung
+            if isinstance(e, torch.OutOfMemoryError):
+                why = 'out of memory: try a smaller micro_batch_size'
+            else:
+                why = 'did another process die or hang? see its output'
+            raise UserError(f"process {rank} failed at step {step} ({why}); last checkpoint {run.ckpt} "
+                            f"(step {good_step}): {_oneline(e)}")
+        finally:
+            bar.close()
+    status = 'stopped' if stopping else 'done'
+    log(f"{status} at step {step} ({step - start} steps in {time.time() - t0:.1f}s); checkpoint {run.ckpt}")
+    if stopping:
+        launcher = f'torchrun --nproc_per_node={world}' if ddp else 'python'
+        log(f"resume with: {launcher} train.py --out_dir={shlex.quote(run.dir)} --resume=True")
     if ddp:
         dist.barrier()  # rank 0 has written the last checkpoint before anyone leaves
-        dist.destroy_process_group()
     return step
 
-def _git_rev():
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=os.path.dirname(os.path.abspath(__file__)),
-                              capture_output=True, text=True, timeout=5).stdout.strip() or 'unknown'
-    return 'unknown'
 
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
-    except (UserError, OSError) as e:  # OSError: disk full, permissions, an out_dir that is a file
+    except (UserError, OSError) as e:  # OSError: permissions, a path that is not a directory
         print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
         sys.exit(2)

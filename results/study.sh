@@ -3,6 +3,8 @@
 #     bash results/study.sh            # experiments 1-5: train (two lanes of one-thread jobs for 2 cores), then evaluate
 #     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
 #     bash results/study.sh followups  # the longer follow-ups (d = 6 parity, 3,000-step Llama MQAR), trained and evaluated
+#     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train in two lanes, then evaluate
+#     bash results/study.sh part2 eval # evaluate part 2 only
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are skipped.
 # Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
 set -euo pipefail
@@ -40,6 +42,38 @@ PY
 
 C=configs/study
 S=out/study
+
+part2_eval() {  # experiments 6-9: every number RESULTS.md part 2 quotes is printed here or written to results/
+    echo "part 2 evaluation: not written yet" >&2
+    return 1
+}
+if [ "${1:-}" = part2 ]; then
+    if [ "${2:-}" != eval ]; then
+        # two lanes of roughly equal CPU time; the transformer arms first, the Mamba family after them
+        train $C/sparse_gpt2_s1337.py $C/sparse_gpt2_rms_s1337.py $C/sparse_gpt2_rms_quirks_s1337.py \
+              $C/sparse_gpt2_s1338.py $C/sparse_gpt2_rms_s1338.py $C/sparse_gpt2_rms_quirks_s1338.py \
+              $C/sparse_gpt2_s1339.py $C/sparse_gpt2_rms_s1339.py $C/sparse_gpt2_rms_quirks_s1339.py \
+              $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_swiglu_s1337.py \
+              $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py $C/tree_llama_s1337.py \
+              $C/mlp_gpt2_s1337.py $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
+              $C/sparse_mamba_s1337.py $C/tree_mamba_s1337.py $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py \
+              $C/mlp_mamba_s1337.py $C/linear_llama_mamba_pos.py > out/study/part2_laneA.log 2>&1 &
+        train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py $C/sparse_llama_s1337.py \
+              $C/sparse_gpt2_rms_swiglu_s1338.py $C/sparse_gpt2_rms_swiglu_quirks_s1338.py $C/sparse_llama_s1338.py \
+              $C/sparse_gpt2_rms_swiglu_s1339.py $C/sparse_gpt2_rms_swiglu_quirks_s1339.py $C/sparse_llama_s1339.py \
+              $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
+              $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_quirks_s1337.py $C/tree_gpt2_rms_s1338.py \
+              $C/tree_gpt2_rms_quirks_s1338.py $C/tree_gpt2_rms_s1339.py $C/tree_gpt2_rms_quirks_s1339.py \
+              $C/mlp_gpt2_s1338.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py $C/linear_gpt2_rms_rope.py \
+              $C/linear_gpt2_rope_swiglu.py \
+              $C/sparse_llama_mamba_s1337.py $C/tree_mamba_quirks_s1337.py $C/tree_mamba_quirks_s1338.py \
+              $C/tree_mamba_quirks_s1339.py $C/tree_llama_mamba_pos_s1337.py $C/linear_llama_mamba_ffn.py \
+              > out/study/part2_laneB.log 2>&1 &
+        wait
+    fi
+    part2_eval
+    exit
+fi
 if [ "${1:-}" = followups ]; then
     # 2: GPT-2, Llama and Mamba on the easier d = 6 parity for 12,000 steps; 3: Llama on MQAR for 3,000 steps
     train $C/parity_d6_mamba.py > out/study/laneA.log 2>&1 &

@@ -30,3 +30,4 @@ log_interval = 50
 # the ablation: the reference package's residual doubling (x <- 2x + mamba(norm(x)) in every Mamba block) and its init
 reference_quirks = True
 out_dir = 'out/study/ablation_quirks_s1337'
+scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit

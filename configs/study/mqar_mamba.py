@@ -29,3 +29,4 @@ keep_every = 500
 eval_interval = 250
 log_interval = 50
 out_dir = 'out/study/mqar_mamba'
+scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit

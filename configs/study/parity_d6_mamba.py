@@ -30,3 +30,4 @@ keep_every = 1000
 eval_interval = 100
 log_interval = 100
 out_dir = 'out/study/parity_d6_mamba'
+scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit

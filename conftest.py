@@ -1,0 +1,71 @@
+"""
+What test_all.py and test_reliability.py share: the environment, the `slow` marker, helpers, fixtures.
+    python -m pytest -q                   # every test (the README's command, what CI runs)
+    python -m pytest -q -m "not slow"     # the quick loop
+"""
+import os
+os.environ.setdefault("TRITON_INTERPRET", "1")  # set before ssm_scan is imported: the Triton kernel runs on CPU
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest and never oversubscribes shared cores
+# a tiny model that trains in a fraction of a second
+TINY = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8", "--max_iters=30", "--log_interval=1",
+        "--eval_interval=10", "--ckpt_interval=5"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: real processes, kills, DDP, the Triton interpreter, end-to-end runs")
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_train(out_dir, *args):
+    """train.main in this process (the tiny model); returns the final step"""
+    import train
+    return train.main([*TINY, f"--out_dir={out_dir}", *args])
+
+
+def python(*args, timeout=300, env=None):
+    """a real process in the repository: `python train.py ...`, `python evaluate.py ...` or a script"""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def metrics(out_dir):
+    """the logged sequence without the wall-clock fields"""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in ("time", "steps_per_s")} for line in f]
+
+
+def state(out_dir, name="ckpt.pt"):
+    import train
+    return train.load_checkpoint(os.path.join(out_dir, name))
+
+
+def same_tensors(a, b):
+    """bitwise equality of two (nested) state dicts"""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def one_error_line(result):
+    """a process that failed the way bad input should: exit 2, one line `error: ...` on stderr, no traceback"""
+    err = result.stderr.strip()
+    return result.returncode == 2 and err.startswith("error: ") and len(err.splitlines()) == 1

@@ -1,0 +1,735 @@
+"""
+The harness tests: a run survives kills and signals, never mixes with or loses another run, and bad input ends
+in one line before anything is written. Many run real processes (marked slow). Helpers are in conftest.py.
+    python -m pytest -q test_reliability.py
+"""
+import contextlib
+import errno
+import io
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import torch
+
+import ssm_scan
+import train
+from conftest import ENV, ROOT, TINY, metrics, one_error_line, python, run_train, same_tensors, state
+
+slow = pytest.mark.slow
+
+# -----------------------------------------------------------------------------
+# kill at any moment: a driver process forks each attempt (a real process, SIGKILLed for real, without paying for
+# a new interpreter each time) with one kill point patched in, and reports as JSON
+
+def _arm(kind, n):
+    import builtins
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+    calls = [0]
+
+    def nth():  # True on this process's n-th call of the patched function
+        calls[0] += 1
+        return calls[0] == n
+    if kind in ("step", "sigterm", "sigint", "sighup"):  # inside step n, after its batch is drawn, before its update
+        real_batch = train.get_batch
+        sig = dict(sigterm=signal.SIGTERM, sigint=signal.SIGINT, sighup=signal.SIGHUP).get(kind)
+
+        def get_batch(cfg, step, rank, k, gen=None):
+            if step == n and gen is None and k == cfg["batch_size"]:
+                die() if sig is None else os.kill(os.getpid(), sig)
+            return real_batch(cfg, step, rank, k, gen)
+        train.get_batch = get_batch
+    elif kind == "save":  # halfway through writing the bytes of the n-th checkpoint
+        real_save = torch.save
+
+        def save(obj, f):
+            if nth():
+                buf = io.BytesIO()
+                real_save(obj, buf)
+                f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+                f.flush()
+                die()
+            real_save(obj, f)
+        torch.save = save
+    elif kind in ("replace", "link"):  # a complete .tmp not yet renamed / ckpt.pt renamed, ckpt_<step>.pt not linked
+        real = getattr(os, kind)
+        setattr(os, kind, lambda *a: die() if nth() else real(*a))
+    elif kind == "metrics":  # half of the n-th metrics row written
+        class Half:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                self.f.close()
+
+            def write(self, s):
+                if nth():
+                    self.f.write(s[:len(s) // 2])
+                    self.f.flush()
+                    die()
+                self.f.write(s)
+
+        def patched_open(p, m="r", *a):
+            f = builtins.open(p, m, *a)
+            return Half(f) if str(p).endswith(".jsonl") and m == "a" else f
+        train.open = patched_open
+
+
+def kill_driver(plan, logs, args):
+    """run each (kind, n, out_dir) of plan in a fork with that kill point armed; print a JSON report"""
+    import traceback
+    torch.set_num_threads(1)
+    report = []
+    for i, (kind, n, out_dir) in enumerate(plan):
+        ckpt = os.path.join(out_dir, "ckpt.pt")
+        r = {"kind": kind, "n": n}
+        r["resume"] = resume = os.path.exists(ckpt)
+        if not resume and os.path.exists(out_dir):  # killed before its first checkpoint: what does --resume say?
+            try:
+                train.main([*args, f"--out_dir={out_dir}", "--resume=True"])
+            except train.UserError as e:
+                r["resume_error"] = str(e)
+        log = os.path.join(logs, f"attempt{i}.txt")
+        t0 = time.time()
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            code = 0
+            try:
+                _arm(kind, n)
+                train.main([*args, f"--out_dir={out_dir}", f"--resume={resume}"])
+            except train.UserError as e:
+                print(f"error: {e}")
+                code = 2
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        if kind == "random":  # from outside, after n/1000 of the first attempt's duration: wherever the run is
+            time.sleep(n / 1000 * report[0]["secs"])
+            os.kill(pid, signal.SIGKILL)  # (not yet reaped, so the pid is still ours even if it has just finished)
+        status = os.waitpid(pid, 0)[1]
+        r["secs"] = time.time() - t0
+        r["signal"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        r["code"] = os.waitstatus_to_exitcode(status)
+        r["out"] = open(log).read()[-2000:]
+        try:
+            r["step"] = train.load_checkpoint(ckpt)["step"] if os.path.exists(ckpt) else None
+        except train.UserError as e:
+            r["step"] = f"unreadable: {e}"
+        report.append(r)
+    print(json.dumps(report))
+
+
+# 30 steps, a checkpoint every 5 and at step 0. In step order: SIGKILL while writing the very first checkpoint,
+# mid-step, mid metrics row, mid checkpoint write of a resumed run, a complete .tmp not yet renamed, between the
+# rename and the hard link, mid-step again, a second metrics row, mid-write of the last checkpoint, the last step;
+# and SIGTERM / SIGINT / SIGHUP. Then fresh runs killed once each from outside at a random moment, and resumed
+KILL_PLAN = [("save", 1), ("step", 3), ("metrics", 4), ("save", 2), ("sigterm", 9), ("replace", 2), ("link", 1),
+             ("step", 17), ("metrics", 6), ("sigint", 22), ("save", 2), ("sighup", 25), ("step", 28), ("step", 29)]
+RANDOM_KILLS = [rng.randrange(1000) for rng in [random.Random(6)] for _ in range(6)]  # per mille of a run's time
+
+
+@slow
+def test_kill_at_any_moment(tmp_path):
+    """after each kill the run resumes (or restarts, if it died before its first checkpoint); the final weights,
+    optimizer state and logged loss sequence equal an uninterrupted run's bit for bit"""
+    args = [*TINY, "--keep_last=2", "--keep_every=10"]
+    ref, run = str(tmp_path / "ref"), str(tmp_path / "run")
+    rand = [str(tmp_path / f"rand{i}") for i in range(len(RANDOM_KILLS))]
+    plan = [("none", 0, ref)] + [(k, n, run) for k, n in KILL_PLAN] + [("none", 0, run)]
+    plan += [a for n, d in zip(RANDOM_KILLS, rand) for a in (("random", n, d), ("none", 0, d))]
+    code = "import json, sys, test_reliability as t; t.kill_driver(json.loads(sys.argv[1]), sys.argv[2], sys.argv[3:])"
+    p = python("-c", code, json.dumps(plan), str(tmp_path), *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    good = -1  # the step of the last complete checkpoint
+    for r in report[1:]:
+        if r["kind"] == "random":
+            assert r["signal"] == signal.SIGKILL or r["code"] == 0, r  # (it may have finished first)
+            good = -1  # a fresh run
+        elif r["kind"] in ("none", "sigterm", "sigint", "sighup"):
+            assert r["code"] == 0 and "error" not in r["out"], r
+            stopped = f"stopped at step {r['n'] + 1}" in r["out"] and "--resume=True" in r["out"]
+            assert r["kind"] == "none" or stopped, r
+        else:
+            assert r["signal"] == signal.SIGKILL, r
+        assert r["step"] is None or isinstance(r["step"], int) and r["step"] >= good, r  # never partial, never older
+        good = r["step"] if r["step"] is not None else good
+        if "resume_error" in r:
+            assert "no checkpoint at" in r["resume_error"], r
+    assert good == 30 and not report[1]["resume"] and "resume_error" in report[2]  # the first kill: before any ckpt
+    for other in (run, *rand):
+        a, b = state(ref), state(other)
+        assert same_tensors(a["model"], b["model"]) and same_tensors(a["optimizer"], b["optimizer"])
+        assert metrics(ref) == metrics(other) and len(metrics(ref)) == 30
+    # kept: every multiple of keep_every, plus the last keep_last others (the interrupted run also has its stops)
+    kept_ref = sorted(f for f in os.listdir(ref) if f.startswith("ckpt_"))
+    assert kept_ref == [f"ckpt_{s:07d}.pt" for s in (0, 10, 15, 20, 25, 30)]
+    kept = [int(f[5:12]) for f in os.listdir(run) if re.fullmatch(r"ckpt_\d+\.pt", f)]
+    assert {0, 10, 20, 30} <= set(kept) and len([s for s in kept if s % 10]) <= 2
+    assert all(state(run, f"ckpt_{s:07d}.pt")["step"] == s for s in kept)
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]  # (a SIGKILL mid-write leaves one; the next write
+    # reuses it, and the run's last write was complete)
+
+# -----------------------------------------------------------------------------
+# signals, in this process
+
+def _signal_in_step(monkeypatch, step, *signals):
+    real = train.get_batch
+
+    def get_batch(cfg, s, rank, n, gen=None):
+        if s == step and gen is None and n == cfg["batch_size"]:
+            for i, sig in enumerate(signals):
+                if i:
+                    time.sleep(train.StopSignals.SAME_REQUEST_S)  # a second request, not a forwarded copy
+                os.kill(os.getpid(), sig)
+        return real(cfg, s, rank, n, gen)
+    monkeypatch.setattr(train, "get_batch", get_batch)
+
+
+def test_sighup_stops_gracefully_like_sigterm(tmp_path, monkeypatch, capsys, one_thread):
+    _signal_in_step(monkeypatch, 6, signal.SIGHUP)
+    assert run_train(tmp_path / "r") == 7 and state(tmp_path / "r")["step"] == 7
+    assert "stopped at step 7" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the old handler is back
+
+
+def test_copies_of_one_signal_are_one_request(tmp_path, monkeypatch, one_thread):
+    # torchrun forwards a Ctrl-C that the terminal also delivered: two signals at once still stop gracefully
+    real = train.get_batch
+
+    def get_batch(cfg, s, rank, n, gen=None):
+        if s == 4 and gen is None and n == cfg["batch_size"]:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(cfg, s, rank, n, gen)
+    monkeypatch.setattr(train, "get_batch", get_batch)
+    assert run_train(tmp_path / "r") == 5 and state(tmp_path / "r")["step"] == 5
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, one_thread):
+    real = train.get_batch
+    _signal_in_step(monkeypatch, 12, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(train.UserError, match=r"a second SIGINT: stopped at once in step 13; the last checkpoint "
+                                              r".*ckpt\.pt \(step 10\) is intact"):
+        run_train(tmp_path / "r")
+    assert state(tmp_path / "r")["step"] == 10 and not [f for f in os.listdir(tmp_path / "r") if f.endswith(".tmp")]
+    monkeypatch.setattr(train, "get_batch", real)
+    assert run_train(tmp_path / "r", "--resume=True") == 30  # and it resumes from there
+
+
+def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint_and_says_so_in_the_log(tmp_path):
+    run = tmp_path / "nan"
+    r = python("train.py", *TINY, "--learning_rate=1e30", "--ckpt_interval=1", f"--out_dir={run}")
+    assert one_error_line(r), r.stderr
+    m = re.search(r"non-finite loss .* in step (\d+), before its update; the last good checkpoint (\S+) "
+                  r"\(step (\d+)\) is intact", r.stderr)
+    assert m, r.stderr
+    ckpt = train.load_checkpoint(m.group(2))
+    assert ckpt["step"] == int(m.group(3)) == int(m.group(1)) - 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+    assert same_tensors(ckpt["model"], state(run, f"ckpt_{ckpt['step']:07d}.pt")["model"])
+    assert max(r["step"] for r in metrics(run)) == ckpt["step"]
+    assert "stopped: non-finite loss" in (run / "log.txt").read_text()
+
+# -----------------------------------------------------------------------------
+# runs are never mixed or lost
+
+def test_a_new_run_refuses_any_directory_that_holds_a_run(tmp_path):
+    src = tmp_path / "src"
+    run_train(src, "--max_iters=10")
+    for name in ("ckpt_0000010.pt", "ckpt.pt", "metrics.jsonl", "log.txt"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / name).write_bytes((src / name).read_bytes())
+        before = {f: (d / f).read_bytes() for f in os.listdir(d)}
+        with pytest.raises(train.UserError, match=rf"{d} already holds a run \({re.escape(name)}\); continue it "
+                                                  r"with --resume=True"):
+            run_train(d)
+        assert {f: (d / f).read_bytes() for f in os.listdir(d)} == before, name  # untouched: no lock file either
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(train.UserError, match="is a file"):
+        run_train(tmp_path / "afile")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_a_directory_in_use_is_locked(tmp_path, one_thread):
+    # another train.py holds the directory: a second one (resume, or a new run) exits 2 naming the holder's pid
+    run = tmp_path / "r"
+    run_train(run, "--max_iters=2")
+    empty = tmp_path / "empty"
+    holders = [train.RunDirectory(str(run)), train.RunDirectory(str(empty))]
+    for h in holders:
+        h.claim()  # as a running train.py would (the lock file holds its pid)
+    try:
+        for args in ([f"--out_dir={run}", "--resume=True"], [f"--out_dir={empty}"]):
+            r = python("train.py", *TINY, *args)
+            assert one_error_line(r) and f"in use by another train.py (pid {os.getpid()})" in r.stderr, r.stderr
+    finally:
+        for h in holders:
+            h.release()
+    assert run_train(run, "--resume=True", "--max_iters=4") == 4  # released: free again
+    assert run_train(empty, "--max_iters=2") == 2
+
+
+@slow
+def test_two_runs_started_at_once_into_one_directory(tmp_path):
+    run = tmp_path / "r"
+    procs = [subprocess.Popen([sys.executable, "train.py", *TINY, "--max_iters=200", f"--out_dir={run}"], cwd=ROOT,
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], results
+    err = next(e for p, (o, e) in zip(procs, results) if p.returncode == 2)
+    assert re.fullmatch(r"error: .*(in use by another train\.py \(pid \d+\)|already holds a run).*\n", err), err
+    assert state(run)["step"] == 200 and len(metrics(run)) == 200  # one run, whole
+
+
+def test_resume_when_ckpt_pt_is_missing_takes_the_newest_step_checkpoint(tmp_path, capsys, one_thread):
+    run_train(tmp_path / "full")
+    run = tmp_path / "cut"
+    run_train(run, "--max_iters=20")
+    (run / "ckpt.pt").unlink()
+    with open(run / "ckpt_0000020.pt", "r+b") as f:  # the newest is damaged: the one before it is taken
+        f.truncate(100)
+    assert run_train(run, "--resume=True") == 30
+    out = capsys.readouterr()
+    assert "skipping" in out.err and "ckpt_0000020.pt" in out.err
+    assert "resuming from the newest step checkpoint" in out.out and "ckpt_0000015.pt (step 15)" in out.out
+    a, b = state(tmp_path / "full"), state(run)
+    assert same_tensors(a["model"], b["model"]) and metrics(tmp_path / "full") == metrics(run)
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path, monkeypatch, one_thread):
+    run_train(tmp_path / "r", "--max_iters=5")
+    for k, v in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(train.UserError, match=r"processes: 1 -> 2 .*--allow_config_change=True"):
+        run_train(tmp_path / "r", "--resume=True", "--max_iters=10")
+
+
+def test_resume_drops_malformed_metrics_lines_and_says_so(tmp_path, one_thread):
+    run_train(tmp_path / "full")
+    run = tmp_path / "r"
+    run_train(run, "--max_iters=20")
+    good = (run / "metrics.jsonl").read_bytes()
+    junk = b'garbage\n\x00\x00\x00\n{"loss": 1.0}\n\xff\xfe not utf-8\n[1, 2]\n{"step": "7"}\n'
+    cut = good.index(b"\n") + 1  # after the first row
+    (run / "metrics.jsonl").write_bytes(good[:cut] + junk + good[cut:])
+    run_train(run, "--resume=True")
+    assert "dropped 6 malformed line(s)" in (run / "log.txt").read_text()
+    assert metrics(tmp_path / "full") == metrics(run)
+
+
+@slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals a process group")
+def test_a_graceful_stop_under_torchrun_checkpoints_within_the_step(tmp_path):
+    # ~0.3 s steps on 2 processes; Ctrl-C to the whole group (the terminal's way: each worker gets it from the
+    # terminal and again from torchrun): every worker stops after the step in progress with a checkpoint.
+    # torchrun itself exits 1 with its own SignalException traceback, whatever its workers did (README)
+    run = tmp_path / "ddp"
+    args = ["--n_layer=4", "--n_embd=256", "--n_head=8", "--max_iters=100000", "--log_interval=1",
+            "--ckpt_interval=100000", f"--out_dir={run}"]
+    with open(tmp_path / "out.txt", "w") as log:
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "train.py", *args], cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        _wait_for_rows(run, 5, [p])
+        steps_before = len(metrics(run))
+        os.killpg(p.pid, signal.SIGINT)
+        t0 = time.time()
+        p.wait(timeout=60)
+        took = time.time() - t0
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)
+    log_text = (run / "log.txt").read_text()
+    stopped = int(re.search(r"stopped at step (\d+)", log_text)[1])
+    assert state(run)["step"] == stopped and steps_before <= stopped <= steps_before + 5, (steps_before, stopped)
+    assert took < 20 and p.returncode == 1  # torchrun's own exit code after a signal
+
+# -----------------------------------------------------------------------------
+# one line, exit code 2, nothing written
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch, one_thread):
+    real = torch.save
+    calls = [0]
+
+    def full_disk(obj, f):
+        calls[0] += 1
+        if calls[0] == 3:  # the third checkpoint (step 10): half the bytes fit
+            f.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f)
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "r"
+    with pytest.raises(train.UserError, match=r"cannot write a checkpoint in .* at step 10: No space left on device "
+                                              r"\(disk full\?\); the last complete checkpoint .*ckpt\.pt \(step 5\) "
+                                              r"is intact") as e:
+        run_train(run)
+    assert "\n" not in str(e.value) and state(run)["step"] == 5
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
+
+
+@slow
+def test_a_full_disk_for_real(tmp_path):
+    # the issue's repro: a 2 MB tmpfs (needs root and mount; skipped elsewhere)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        r = python("train.py", *TINY, "--n_layer=4", "--n_embd=32", "--max_iters=200", f"--out_dir={mnt / 'r'}")
+        assert one_error_line(r) and "No space left on device" in r.stderr, r.stderr
+        assert not [f for f in os.listdir(mnt / "r") if f.endswith(".tmp")]
+        ckpt = train.load_checkpoint(str(mnt / "r" / "ckpt.pt"))  # intact
+        assert f"(step {ckpt['step']}) is intact" in r.stderr
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_missing_optional_packages_and_devices_are_refused_before_writing(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(train.UserError, match="wandb_log=True but wandb is not installed"):
+        run_train(tmp_path / "w", "--wandb_log=True")
+    monkeypatch.setattr(ssm_scan, "INTERPRET", False)
+    with pytest.raises(train.UserError, match="scan_backend='triton' needs a CUDA device"):
+        run_train(tmp_path / "t", "configs/mamba.py", "--scan_backend=triton")
+    with pytest.raises(train.UserError, match="CUDA device"):
+        run_train(tmp_path / "c", "--device=cuda")
+    assert os.listdir(tmp_path) == []  # nothing written
+
+# -----------------------------------------------------------------------------
+# malformed configs and checkpoints
+
+def malformed_cases(tmp):
+    """(argv, the message must match) for a few hundred malformed configs: every key with values of the wrong type
+    and out of range, unknown names, bad syntax, inconsistent combinations, broken config files"""
+    cases = []
+    wrong = {bool: ["1", "yes", "true", "'True'", "", "None"],
+             int: ["1.5", "abc", "True", "", "[1]", "None", "'3'", "10**3", "1e400", "{}"],
+             float: ["abc", "True", "[]", "None", "1j", "'0.1'"], str: []}
+    for key, default in train.DEFAULTS.items():
+        cases += [([f"--{key}={v}"], f"{key} must be of type") for v in wrong[type(default)]]
+        if key in train.POSITIVE + train.NONNEG:
+            low = ["0", "-1"] if key in train.POSITIVE else ["-1"]
+            high = [str(train.UPPER[key] + 1)] if key in train.UPPER else ["9" * 30] if type(default) is int else []
+            extremes = ["-1e400", "1e400"] if type(default) is float else []
+            cases += [([f"--{key}={v}"], f"{key} must be") for v in low + high + extremes]
+        if key in train.CHOICES:
+            cases += [([f"--{key}={v}"], f"{key}=.* is not one of")
+                      for v in ("nonexistent", "", default.upper(), " " + default)]
+    cases += [([f"--{k}={v}"], f"{k} must be") for k in ("learning_rate", "ffn_mult") for v in ("0", "-1e-3", "1e400")]
+    cases += [([f"--{k}={v}"], f"{k} must be in") for k in ("beta1", "beta2") for v in ("1", "-0.1", "1.5")]
+    cases += [([f"--device={v}"], "device=") for v in ("tpu", "cuda:x", "CPU", "", "cpu:0", "cuda:-1")]
+    cases += [([a], m) for a, m in (("--n_embd", "--key=value"), ("--=3", "unknown config key ''"),
+                                    ("---n_embd=3", "unknown"), ("--unknown_key=1", "unknown config key"),
+                                    ("--n_emdb=16", "did you mean 'n_embd'"), ("-n_embd=3", "--key=value"),
+                                    ("n_embd=3", "not found"), ("configs/gtp2.py", "not found"),
+                                    (str(tmp), "is a directory"))]
+    cases += [(a, m) for a, m in (
+        (["--n_embd=15", "--n_head=2"], "not divisible"), (["--n_points=142"], "learned position table"),
+        (["--batch_size=10", "--micro_batch_size=3"], "split evenly"), (["--micro_batch_size=128"], "split evenly"),
+        (["--task=mqar", "--n_points=1"], "n_points must be >= 2"),
+        (["--task=sparse_parity", "--parity_k=6"], "parity_k"),
+        (["--task=sparse_parity", "--curriculum=True", "--curriculum_dims_start=1"], "parity_k"),
+        (["--task=sparse_parity", "--noise_std=0.1"], "noise_std"), (["--task=mqar", "--noise_std=0.1"], "noise_std"),
+        (["--pos=rope", "--n_embd=12", "--n_head=4"], "RoPE needs an even head size"),
+        (["--layer_pattern=AX"], "layer_pattern"), (["--layer_pattern="], "layer_pattern"),
+        (["--n_embd=100000000000000"], "cannot build this model"),
+        (["--batch_size=100000000000000"], "cannot build this model or held-out set"),
+        (["--n_dims=100000000000000", "--pos=rope"], "config: "), (["--resume=True"], "no checkpoint at"),
+        (["--device=cuda:7"], "CUDA device"), (["--keep_every=7"], "multiple of ckpt_interval"),
+        (["configs/gpt2.py", "configs/mqar.py", "--curriculum=True", "--curriculum_points_start=1"], "mqar needs"))]
+    files = {"syntax.py": ("n_embd = = 3\n", "failed to run: SyntaxError"), "unknown.py": ("n_emb = 3\n", "did you mean"),
+             "type.py": ("n_embd = '64'\n", "must be of type int"), "raise.py": ("raise ValueError('boom')\n", "ValueError: boom"),
+             "exit.py": ("import sys\nsys.exit(0)\n", "SystemExit"), "list.py": ("n_embd = [64]\n", "must be of type int"),
+             "float.py": ("n_embd = 64.0\n", "must be of type int"), "nan.py": ("learning_rate = float('nan')\n", "learning_rate"),
+             "inf.py": ("learning_rate = float('inf')\n", "learning_rate"),
+             "imp.py": ("import no_such_module_xyz\n", "ModuleNotFound"),
+             "task.py": ("task = 'regression'\n", "task='regression' is not one of"), "big.py": ("n_layer = 10**100\n", "n_layer"),
+             "neg.py": ("batch_size = -64\n", "batch_size must be"), "bytes.py": (b"\xff\xfe\x00\x81", "failed to run")}
+    for name, (text, m) in files.items():
+        (tmp / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+        cases.append(([str(tmp / name)], m))
+    return cases
+
+
+CONFIG_FILES = ["syntax.py", "unknown.py", "type.py", "raise.py", "exit.py", "list.py", "float.py", "nan.py", "inf.py",
+                "imp.py", "task.py", "big.py", "neg.py", "bytes.py"]
+
+
+def test_config_fuzz(tmp_path, monkeypatch):
+    """every malformed config ends in one UserError line naming the problem, and nothing is written"""
+    monkeypatch.chdir(tmp_path)  # a default out_dir would land here
+    (tmp_path / "configs").symlink_to(os.path.join(ROOT, "configs"))
+    cases = malformed_cases(tmp_path)
+    assert len(cases) > 300
+    for i, (argv, pattern) in enumerate(cases):
+        with pytest.raises(train.UserError, match=pattern) as e:
+            train.main([f"--out_dir=run{i}", "--max_iters=1", *argv])
+        assert "\n" not in str(e.value) and len(str(e.value)) < 500
+    assert sorted(os.listdir(tmp_path)) == sorted(["configs", *CONFIG_FILES]), os.listdir(tmp_path)  # nothing written
+
+
+def cli_forks(argvs, tmp):
+    """`python train.py ARGS` for each ARGS, each in a fork of one interpreter (the real __main__ block, real exit
+    codes); prints [[code, stdout, stderr], ...] as JSON"""
+    import runpy
+    results = []
+    for i, argv in enumerate(argvs):
+        out, err = (os.path.join(tmp, f"cli{i}.{s}") for s in ("out", "err"))
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            sys.argv = ["train.py", *argv]
+            code = 0
+            try:
+                runpy.run_path("train.py", run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        results.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), open(out).read(), open(err).read()])
+    print(json.dumps(results))
+
+
+@slow
+def test_config_fuzz_through_real_processes(tmp_path):
+    # a sample through `python train.py ...`: one line on stderr, exit code 2, nothing on stdout, nothing written
+    cases = malformed_cases(tmp_path)
+    sample = [[f"--out_dir={tmp_path / f'p{i}'}", *a] for i, (a, _) in enumerate(cases[::len(cases) // 12])]
+    sample += [[f"--out_dir={tmp_path / 'big'}", "--n_embd=100000000000000"], [str(tmp_path / "exit.py")]]
+    code = "import json, sys, test_reliability as t; t.cli_forks(json.loads(sys.argv[1]), sys.argv[2])"
+    p = python("-c", code, json.dumps(sample), str(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    for argv, (rc, out, err) in zip(sample, json.loads(p.stdout.strip().splitlines()[-1])):
+        assert rc == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1, (argv, rc, out, err)
+    assert not any(f.startswith("p") or f == "big" for f in os.listdir(tmp_path))
+
+
+def test_bad_checkpoints(tmp_path, one_thread):
+    """truncated, bit-flipped, garbage, empty, foreign and malicious files, another architecture, a config change:
+    one clear message each, nothing overwritten, no pickled code run"""
+    good = tmp_path / "good"
+    run_train(good, "--max_iters=5")
+    blob = (good / "ckpt.pt").read_bytes()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+    import pickle
+    with zipfile.ZipFile(good / "ckpt.pt") as z:  # flip one byte inside a tensor's data: the zip CRC catches it
+        off = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64).header_offset
+    flip = bytearray(blob)
+    name_len = int.from_bytes(blob[off + 26:off + 28], "little")
+    extra_len = int.from_bytes(blob[off + 28:off + 30], "little")
+    flip[off + 30 + name_len + extra_len + 16] ^= 0xFF
+    foreign = tmp_path / "foreign.pt"
+    variants = {"truncated": (blob[:len(blob) // 2], "truncated or corrupted"), "flipped": (bytes(flip), "checksum mismatch"),
+                "garbage": (os.urandom(1000), "truncated or corrupted"), "empty": (b"", "truncated or corrupted"),
+                "text": (b"hello", "truncated or corrupted")}
+    for name, obj, m in (("tensor", torch.ones(3), "not a checkpoint of this project"),
+                         ("state_dict", state(good)["model"], "missing .*optimizer"),
+                         ("evil", {"model": Evil()}, "safe loading refuses"),
+                         ("bad_step", {**state(good), "step": "5"}, "malformed")):
+        torch.save(obj, foreign)
+        variants[name] = (foreign.read_bytes(), m)
+    variants["raw_pickle"] = (pickle.dumps(Evil()), "truncated or corrupted")
+    other = tmp_path / "other"
+    run_train(other, "--max_iters=1", "--n_embd=32")  # another architecture, and a tampered config that no longer fits it
+    variants["other_arch"] = (None, "does not fit this model")
+    for name, (data, m) in variants.items():
+        d = tmp_path / name
+        d.mkdir()
+        if data is None:
+            ck = state(other)
+            torch.save({**ck, "config": {**ck["config"], "n_embd": 16}}, d / "ckpt.pt")
+        else:
+            (d / "ckpt.pt").write_bytes(data)
+        before = (d / "ckpt.pt").read_bytes()
+        with pytest.raises(train.UserError, match=m) as e:
+            train.main([f"--out_dir={d}", "--resume=True"])
+        assert "\n" not in str(e.value) and (d / "ckpt.pt").read_bytes() == before, name
+        assert set(os.listdir(d)) <= {"ckpt.pt", train.LOCK_FILE}, name
+    assert not (tmp_path / "PWNED").exists()
+    # resuming with a changed model or data key is refused unless asked; the refusal changes nothing
+    with pytest.raises(train.UserError, match=r"resume would change the run .*n_embd: 16 -> 32.*allow_config_change"):
+        run_train(good, "--resume=True", "--n_embd=32")
+    with pytest.raises(train.UserError, match="does not fit this model"):
+        run_train(good, "--resume=True", "--n_embd=32", "--allow_config_change=True")
+    assert (good / "ckpt.pt").read_bytes() == blob
+
+
+def _children(pid):
+    """pids of the live child processes of pid (Linux /proc)"""
+    kids = []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{d}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def _wait_for_rows(run, rows, procs, timeout=120):
+    deadline = time.time() + timeout
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= rows):
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, "the run did not get going"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the worker through /proc")
+def test_out_of_memory_mid_run_is_one_line_and_resumable(tmp_path, monkeypatch, one_thread):
+    # running out of memory at step 7 (a longer curriculum stage, a bigger eval): one line, the step-6 checkpoint intact
+    real, calls = train.icl_loss, []
+
+    def oom(pred, ys, task):
+        calls.append(1)
+        if len(calls) == 8:  # steps 0..6 train, then step 7's loss
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(pred, ys, task)
+    monkeypatch.setattr(train, "icl_loss", oom)
+    with pytest.raises(train.UserError, match=r"failed at step 7 \(out of memory: try a smaller micro_batch_size\); "
+                                              r"last checkpoint .*ckpt\.pt \(step 6\): CUDA out of memory"):
+        run_train(tmp_path / "r", "--ckpt_interval=2", "--eval_interval=1000", "--max_iters=10")
+    assert train.load_checkpoint(str(tmp_path / "r" / "ckpt.pt"))["step"] == 6
+    monkeypatch.setattr(train, "icl_loss", real)
+    assert run_train(tmp_path / "r", "--ckpt_interval=2", "--eval_interval=1000", "--max_iters=10", "--resume=True") == 10
+
+
+def test_a_bug_in_a_new_module_keeps_its_traceback(tmp_path, monkeypatch):
+    # only a failure to allocate reads "too large?": any other error while building the model is raised as it is
+    import model
+
+    def broken(self, cfg):
+        raise RuntimeError("shape mismatch in my new module")
+    monkeypatch.setattr(model.MLP, "__init__", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch in my new module"):
+        run_train(tmp_path / "r")
+
+
+@slow
+def test_ddp_dead_rank_takes_the_job_down(tmp_path):
+    """torchrun, 2 gloo ranks: rank 1 is SIGKILLed mid-run; the job ends (non-zero, with a message) instead of
+    hanging, and the last checkpoint is intact"""
+    run = tmp_path / "ddp"
+    with open(tmp_path / "out.txt", "w") as log:  # its own session, so that a failing test can end all of it
+        p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "train.py", *TINY, "--max_iters=100000", "--ddp_timeout=20", f"--out_dir={run}"],
+                             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_rows(run, 10, [p])
+        workers = [c for c in _children(p.pid) if "\0RANK=1\0" in "\0" + open(f"/proc/{c}/environ").read()]
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        p.wait(timeout=90)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(p.pid, signal.SIGKILL)  # torchrun's session: whatever of it is left
+    out = (tmp_path / "out.txt").read_text()
+    assert p.returncode != 0 and ("error: process 0 failed at step" in out or "FAILED" in out), out[-3000:]
+    assert state(run)["step"] >= 5
+
+
+@slow
+def test_ddp_hung_rank_times_out(tmp_path):
+    """rank 1 stops answering (SIGSTOP) mid-run: rank 0 gives up after ddp_timeout with one line naming the step
+    and the last checkpoint, instead of waiting forever (both started the way torchrun starts them)"""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run, procs = tmp_path / "ddp", []
+    for r in range(2):
+        env = {**ENV, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        with open(tmp_path / f"err{r}.txt", "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "train.py", *TINY, "--max_iters=100000", "--ddp_timeout=5",
+                                           f"--out_dir={run}"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env))
+    try:
+        _wait_for_rows(run, 10, procs)
+        procs[1].send_signal(signal.SIGSTOP)
+        t0 = time.time()
+        assert procs[0].wait(timeout=60) == 2 and time.time() - t0 < 60
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    err = (tmp_path / "err0.txt").read_text()
+    assert re.fullmatch(r"error: process 0 failed at step \d+ .*last checkpoint \S+ \(step \d+\): .*\n", err), err
+    assert state(run)["step"] >= 5
+
+# -----------------------------------------------------------------------------
+# the repository keeps its promises: the README's quick start, the study scripts, the docs it cites
+
+@slow
+def test_readme_quickstart_runs(tmp_path):
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    section = re.search(r"## Quick start(.*?)\n## ", readme, re.S).group(1)
+    line = next(l for l in section.splitlines() if l.startswith("python train.py"))
+    assert line.count("out/quickstart") == 2  # trains into the directory it then evaluates
+    line = line.replace("out/quickstart", str(tmp_path / "qs"))
+    line = line.replace("python train.py", f"{sys.executable} train.py --max_iters=20 --eval_interval=10 --log_interval=10")
+    line = line.replace("python evaluate.py", f"{sys.executable} evaluate.py --n_prompts=64")
+    r = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=600, cwd=ROOT, env=ENV)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = os.listdir(tmp_path / "qs")
+    assert "ckpt.pt" in files and any(f.endswith(".png") for f in files)
+    assert any(f.startswith("eval_") and f.endswith(".json") for f in files)
+    assert re.search(r"score vs \w+ -?\d", r.stdout + r.stderr)
+    commands = re.findall(r"^(python[^\n]*)$", section, re.M)
+    assert "python -m pytest -q" in commands  # the README's test command runs both test files
+
+
+def test_study_configs_stand_alone_and_the_study_script_trains_each_once():
+    # RESULTS.md promises `python train.py configs/study/<run>.py` reproduces each run, and results/study.sh
+    # trains them all, each exactly once
+    from model import ICLModel
+    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs", "study")) if f.endswith(".py"))
+    script = open(os.path.join(ROOT, "results", "study.sh")).read()
+    assert len(names) >= 70
+    for name in names:
+        cfg = train.load_config([f"configs/study/{name}.py"])[0]
+        assert cfg["out_dir"] == f"out/study/{name}", name
+        ICLModel(train.validate(cfg))  # valid, and the small sizes build
+        assert script.count(f"$C/{name}.py") == 1, f"results/study.sh must train {name} exactly once"
+    assert set(re.findall(r"\$C/(\w+)\.py", script)) == set(names)
+
+
+def test_repository_cites_only_files_and_sections_it_holds():
+    cited = set()
+    for folder, _, files in os.walk(ROOT):
+        if os.path.relpath(folder, ROOT).split(os.sep)[0] in (".git", "out", "__pycache__", ".pytest_cache"):
+            continue
+        for f in files:
+            if f.endswith((".py", ".md", ".sh")):
+                text = open(os.path.join(folder, f), encoding="utf-8").read()
+                cited |= set(re.findall(r"\b(docs/[\w.-]+\.md)((?: ?§[\d.]+(?:-§?[\d.]+)?)?)", text))
+    assert cited, "no citations found: the pattern is wrong"
+    for path, sections in cited:
+        assert os.path.isfile(os.path.join(ROOT, path)), f"{path} is cited but not in the repository"
+        doc = open(os.path.join(ROOT, path), encoding="utf-8").read()
+        for number in re.findall(r"[\d.]+", sections):
+            assert re.search(rf"^#+ §{re.escape(number.rstrip('.'))}\b", doc, re.M), f"{path} has no §{number}"
+    text = open(os.path.join(ROOT, "README.md")).read() + open(os.path.join(ROOT, "RESULTS.md")).read()
+    assert "../shared" not in text and "shared/docs" not in text
