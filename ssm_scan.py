@@ -253,18 +253,25 @@ _CPU_SOURCE = r"""
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 constexpr int64_t BD = 32;    // channels per block: the vector lanes
-constexpr int64_t K = 32;     // time steps per chunk: the backward's recompute window
+constexpr int64_t K = 16;     // time steps per chunk: the backward's recompute window
 constexpr int64_t MAXN = 64;  // largest d_state (checked by the caller)
 
-struct Dims { int64_t b, d, l, n, threads; };
+// A (b, l, d) tensor with unit stride over d: element (b, t, j) at p[b * sb + t * st + j]. Null: absent.
+template <typename T> struct Rows {
+    T* p;
+    int64_t sb, st;
+    T* at(int64_t b, int64_t t) const { return p + b * sb + t * st; }
+};
+struct Dims { int64_t b, d, l, n, threads, softplus; };
 
-// exp(x) for x <= 0 (the decay dt * A): x = k ln2 + r with |r| <= ln2 / 2, e^r by its Taylor series to r^6
-// (relative error < 3e-7), 2^k written into the exponent bits. Below -87 the result (< 1.7e-38) is 0.
-static inline float decay(float x) {
-    const float xc = x > -87.0f ? x : -87.0f;
+// exp(x) the compiler can vectorise (a libm call would not be): x = k ln2 + r with |r| <= ln2 / 2, e^r by its
+// Taylor series to r^6 (relative error < 3e-7), 2^k written into the exponent bits. 0 below -87, e^88 above 88.
+static inline float fast_exp(float x) {
+    const float xc = std::min(std::max(x, -87.0f), 88.0f);
     const float k = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest: the 1.5 * 2^23 trick
     const float r = (xc - k * 0.693145752f) - k * 1.42860677e-6f;     // ln 2 in two parts, for an exact k ln2
     const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r / 720)))));
@@ -273,7 +280,36 @@ static inline float decay(float x) {
     std::memcpy(&scale, &bits, sizeof scale);
     return x > -87.0f ? p * scale : 0.0f;
 }
-static inline double decay(double x) { return std::exp(x); }
+static inline double fast_exp(double x) { return std::exp(x); }
+
+// log(1 + w) for w in [0, 1], as 2 atanh(s) with s = w / (2 + w) <= 1/3: exact to fp32 rounding even for tiny w
+static inline float log1p_unit(float w) {
+    const float s = w / (2.0f + w);
+    const float s2 = s * s;
+    const float series = 1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9 + s2 * (
+        1.0f / 11 + s2 / 13)))));
+    return 2.0f * s * series;
+}
+
+// softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), the identity above 20 (as F.softplus); its derivative
+// is sigmoid(x)
+static inline float softplus(float x) {
+    const float sp = std::max(x, 0.0f) + log1p_unit(fast_exp(-std::fabs(x)));
+    return x > 20.0f ? x : sp;
+}
+static inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+template <typename T> static inline T sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
+
+// f(width) with width a compile-time BD for a full channel block (fixed trip counts: no remainder loops) and
+// the runtime bd for the last, partial one
+template <typename F>
+static inline void lanes(int64_t bd, F f) {
+    if (bd == BD) {
+        f(std::integral_constant<int64_t, BD>());
+    } else {
+        f(bd);
+    }
+}
 
 // run body(b) for every batch row on `threads` threads: contiguous ranges, so the result is independent of
 // the thread count
@@ -289,86 +325,147 @@ static void for_each_row(const Dims& m, F body) {
     for (auto& thread : pool) thread.join();
 }
 
-// u, dt, y: (b, l, d) contiguous. At: (n, d). B, C: (b, l, n). states: (b, chunks, n, d). last: (b, n, d).
+// dt = softplus(delta + bias) (or delta + bias) for one row of a channel block; dsp (if asked) its derivative.
+// Each case its own branch-free loop, so that the compiler vectorises it
 template <typename T>
-static void forward(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, T* y, T* states,
-                    T* last) {
-    const int64_t D = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
+static inline void time_step(const Dims& m, const T* delta, const T* bias, int64_t bd, T* dt, T* dsp) {
+    T r[BD];
+    if (bias) {
+        for (int64_t j = 0; j < bd; j++) r[j] = delta[j] + bias[j];
+    } else {
+        for (int64_t j = 0; j < bd; j++) r[j] = delta[j];
+    }
+    if (!m.softplus) {
+        for (int64_t j = 0; j < bd; j++) dt[j] = r[j];
+        if (dsp) for (int64_t j = 0; j < bd; j++) dsp[j] = T(1);
+        return;
+    }
+    #pragma omp simd
+    for (int64_t j = 0; j < bd; j++) dt[j] = softplus(r[j]);
+    if (dsp) {
+        #pragma omp simd
+        for (int64_t j = 0; j < bd; j++) dsp[j] = r[j] > T(20) ? T(1) : sigmoid(r[j]);
+    }
+}
+
+// out = (y + D u) * silu(z), the D skip and the z gate, for one row of a channel block; y becomes y + D u
+template <typename T>
+static inline void gate(int64_t bd, T* y, const T* u, const T* D, const T* z, T* out) {
+    if (D) for (int64_t j = 0; j < bd; j++) y[j] += D[j] * u[j];
+    if (!z) {
+        for (int64_t j = 0; j < bd; j++) out[j] = y[j];
+        return;
+    }
+    #pragma omp simd
+    for (int64_t j = 0; j < bd; j++) out[j] = y[j] * z[j] * sigmoid(z[j]);
+}
+
+// the forward: out = (sum_n C h + D u) * silu(z). At: (n, d). B, C: (b, l, n). states: (b, chunks, n, d),
+// the state entering each chunk. last: (b, n, d). out: (b, l, d) contiguous.
+template <typename T>
+static void forward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, const T* At, const T* B,
+                    const T* C, const T* D, const T* bias, T* out, T* states, T* last) {
+    const int64_t Dn = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
     for_each_row(m, [&](int64_t b) {
-        for (int64_t d0 = 0; d0 < D; d0 += BD) {
-            const int64_t bd = std::min(BD, D - d0);
+        for (int64_t d0 = 0; d0 < Dn; d0 += BD) {
+            const int64_t bd = std::min(BD, Dn - d0);
             T h[MAXN][BD] = {};
             for (int64_t t = 0; t < L; t++) {
-                if (t % K == 0) {  // the state entering this chunk: where the backward restarts
+                if (t % K == 0) {  // where the backward restarts
                     for (int64_t n = 0; n < N; n++)
-                        std::memcpy(states + ((b * chunks + t / K) * N + n) * D + d0, h[n], bd * sizeof(T));
+                        std::memcpy(states + ((b * chunks + t / K) * N + n) * Dn + d0, h[n], bd * sizeof(T));
                 }
-                const T* ut = u + (b * L + t) * D + d0;
-                const T* dtt = dt + (b * L + t) * D + d0;
+                const T* ut = u.at(b, t) + d0;
                 const T* Bt = B + (b * L + t) * N;
                 const T* Ct = C + (b * L + t) * N;
+                T dt[BD];
                 T x[BD];
-                T yt[BD] = {};
-                for (int64_t j = 0; j < bd; j++) x[j] = dtt[j] * ut[j];
-                for (int64_t n = 0; n < N; n++) {
-                    const T* An = At + n * D + d0;
-                    T* hn = h[n];
-                    #pragma omp simd
-                    for (int64_t j = 0; j < bd; j++) {
-                        hn[j] = decay(dtt[j] * An[j]) * hn[j] + x[j] * Bt[n];  // h[t] = a[t] h[t-1] + x[t]
-                        yt[j] += Ct[n] * hn[j];                                 // y[t] = sum_n C[n,t] h[t]
+                T y[BD] = {};
+                time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt, static_cast<T*>(nullptr));
+                for (int64_t j = 0; j < bd; j++) x[j] = dt[j] * ut[j];
+                lanes(bd, [&](auto width) {
+                    for (int64_t n = 0; n < N; n++) {
+                        const T* An = At + n * Dn + d0;
+                        T* hn = h[n];
+                        #pragma omp simd
+                        for (int64_t j = 0; j < width; j++) {
+                            hn[j] = fast_exp(dt[j] * An[j]) * hn[j] + x[j] * Bt[n];  // h[t] = a[t] h[t-1] + x[t]
+                            y[j] += Ct[n] * hn[j];                                   // y[t] = sum_n C[n,t] h[t]
+                        }
                     }
-                }
-                std::memcpy(y + (b * L + t) * D + d0, yt, bd * sizeof(T));
+                });
+                gate(bd, y, ut, D ? D + d0 : nullptr, z.p ? z.at(b, t) + d0 : nullptr, out + (b * L + t) * Dn + d0);
             }
-            for (int64_t n = 0; n < N; n++) std::memcpy(last + (b * N + n) * D + d0, h[n], bd * sizeof(T));
+            for (int64_t n = 0; n < N; n++) std::memcpy(last + (b * N + n) * Dn + d0, h[n], bd * sizeof(T));
         }
     });
 }
 
-// g, du, ddt: (b, l, d). dA_rows: (b, n, d) per-row partials. dB, dC: (b, l, n), zeroed by the caller.
+// the backward (the derivation is in ssm_scan.py). g, du, ddelta, dz: (b, l, d). parts: (b, n + 2, d) per-row
+// partials of dA | dD | dbias. dB, dC: (b, l, n), zeroed by the caller.
 template <typename T>
-static void backward(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, const T* g,
-                     const T* states, T* du, T* ddt, T* dA_rows, T* dB, T* dC) {
-    const int64_t D = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
+static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, Rows<const T> g, const T* At,
+                     const T* B, const T* C, const T* D, const T* bias, const T* states, T* du, T* ddelta, T* dz,
+                     T* parts, T* dB, T* dC) {
+    const int64_t Dn = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
     for_each_row(m, [&](int64_t b) {
-        std::vector<T> window(2 * K * MAXN * BD);  // one chunk's recomputed states and decays
+        std::vector<T> window(2 * K * MAXN * BD + 2 * K * BD);  // one chunk's recomputed states, decays, dt, dsp
         auto hs = reinterpret_cast<T (*)[MAXN][BD]>(window.data());
         auto as = reinterpret_cast<T (*)[MAXN][BD]>(window.data() + K * MAXN * BD);
-        for (int64_t d0 = 0; d0 < D; d0 += BD) {
-            const int64_t bd = std::min(BD, D - d0);
+        auto dts = reinterpret_cast<T (*)[BD]>(window.data() + 2 * K * MAXN * BD);
+        auto dsps = reinterpret_cast<T (*)[BD]>(window.data() + 2 * K * MAXN * BD + K * BD);
+        T* part = parts + b * (N + 2) * Dn;
+        for (int64_t d0 = 0; d0 < Dn; d0 += BD) {
+            const int64_t bd = std::min(BD, Dn - d0);
             T dh_next[MAXN][BD] = {};  // a[t+1] dh[t+1], flowing in from the right
             T dA[MAXN][BD] = {};
+            T dD[BD] = {};
+            T dbias[BD] = {};
             for (int64_t c = chunks - 1; c >= 0; c--) {
                 const int64_t s = c * K, e = std::min(s + K, L);
                 for (int64_t t = s; t < e; t++) {  // re-run the chunk's forward from its saved state
-                    const T* ut = u + (b * L + t) * D + d0;
-                    const T* dtt = dt + (b * L + t) * D + d0;
+                    const T* ut = u.at(b, t) + d0;
                     const T* Bt = B + (b * L + t) * N;
-                    for (int64_t n = 0; n < N; n++) {
-                        const T* An = At + n * D + d0;
-                        const T* hp = t == s ? states + ((b * chunks + c) * N + n) * D + d0 : hs[t - s - 1][n];
-                        T* ht = hs[t - s][n];
-                        T* at = as[t - s][n];
-                        #pragma omp simd
-                        for (int64_t j = 0; j < bd; j++) {
-                            at[j] = decay(dtt[j] * An[j]);
-                            ht[j] = at[j] * hp[j] + dtt[j] * ut[j] * Bt[n];
+                    T* dt = dts[t - s];
+                    time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt, dsps[t - s]);
+                    lanes(bd, [&](auto width) {
+                        for (int64_t n = 0; n < N; n++) {
+                            const T* An = At + n * Dn + d0;
+                            const T* hp = t == s ? states + ((b * chunks + c) * N + n) * Dn + d0 : hs[t - s - 1][n];
+                            T* ht = hs[t - s][n];
+                            T* at = as[t - s][n];
+                            #pragma omp simd
+                            for (int64_t j = 0; j < width; j++) {
+                                at[j] = fast_exp(dt[j] * An[j]);
+                                ht[j] = at[j] * hp[j] + dt[j] * ut[j] * Bt[n];
+                            }
                         }
-                    }
+                    });
                 }
                 for (int64_t t = e - 1; t >= s; t--) {  // the adjoint, right to left
-                    const T* ut = u + (b * L + t) * D + d0;
-                    const T* dtt = dt + (b * L + t) * D + d0;
-                    const T* gt = g + (b * L + t) * D + d0;
+                    const T* ut = u.at(b, t) + d0;
+                    const T* gt = g.at(b, t) + d0;
+                    const T* zt = z.p ? z.at(b, t) + d0 : nullptr;
+                    const T* dt = dts[t - s];
                     const T* Bt = B + (b * L + t) * N;
                     const T* Ct = C + (b * L + t) * N;
                     T x[BD];
+                    T ybar[BD];  // dloss/dy
+                    T y[BD] = {};    // recomputed, for dz
                     T dhB[BD] = {};  // sum_n dh B
                     T qA[BD] = {};   // sum_n dh (h - x) A
-                    for (int64_t j = 0; j < bd; j++) x[j] = dtt[j] * ut[j];
+                    T sz[BD];  // sigmoid(z)
+                    for (int64_t j = 0; j < bd; j++) x[j] = dt[j] * ut[j];
+                    if (zt) {
+                        #pragma omp simd
+                        for (int64_t j = 0; j < bd; j++) sz[j] = sigmoid(zt[j]);
+                        for (int64_t j = 0; j < bd; j++) ybar[j] = gt[j] * zt[j] * sz[j];
+                    } else {
+                        for (int64_t j = 0; j < bd; j++) ybar[j] = gt[j];
+                    }
+                    lanes(bd, [&](auto width) {
                     for (int64_t n = 0; n < N; n++) {
-                        const T* An = At + n * D + d0;
+                        const T* An = At + n * Dn + d0;
                         const T* ht = hs[t - s][n];
                         const T* at = as[t - s][n];
                         T* dhn = dh_next[n];
@@ -376,33 +473,50 @@ static void backward(Dims m, const T* u, const T* dt, const T* At, const T* B, c
                         T sum_dB = 0;
                         T sum_dC = 0;
                         #pragma omp simd reduction(+:sum_dB, sum_dC)
-                        for (int64_t j = 0; j < bd; j++) {
-                            const T dh = gt[j] * Ct[n] + dhn[j];
+                        for (int64_t j = 0; j < width; j++) {
+                            const T dh = ybar[j] * Ct[n] + dhn[j];
                             const T q = dh * (ht[j] - x[j] * Bt[n]);  // dh[t] a[t] h[t-1], as dh (h[t] - x[t])
-                            sum_dC += gt[j] * ht[j];
+                            y[j] += Ct[n] * ht[j];
+                            sum_dC += ybar[j] * ht[j];
                             sum_dB += dh * x[j];
                             dhB[j] += dh * Bt[n];
                             qA[j] += q * An[j];
-                            dAn[j] += q * dtt[j];
+                            dAn[j] += q * dt[j];
                             dhn[j] = at[j] * dh;
                         }
                         dB[(b * L + t) * N + n] += sum_dB;  // channel blocks in order: one writer, fixed order
                         dC[(b * L + t) * N + n] += sum_dC;
                     }
-                    T* dut = du + (b * L + t) * D + d0;
-                    T* ddtt = ddt + (b * L + t) * D + d0;
+                    });
+                    const int64_t o = (b * L + t) * Dn + d0;
+                    const T* dsp = dsps[t - s];
                     for (int64_t j = 0; j < bd; j++) {
-                        dut[j] = dtt[j] * dhB[j];
-                        ddtt[j] = ut[j] * dhB[j] + qA[j];
+                        const T dd = (ut[j] * dhB[j] + qA[j]) * dsp[j];
+                        du[o + j] = dt[j] * dhB[j];
+                        ddelta[o + j] = dd;
+                        dbias[j] += dd;
+                        dD[j] += ybar[j] * ut[j];
+                    }
+                    if (D) {
+                        for (int64_t j = 0; j < bd; j++) {
+                            du[o + j] += D[d0 + j] * ybar[j];
+                            y[j] += D[d0 + j] * ut[j];
+                        }
+                    }
+                    if (zt) {
+                        for (int64_t j = 0; j < bd; j++)
+                            dz[o + j] = gt[j] * y[j] * sz[j] * (T(1) + zt[j] * (T(1) - sz[j]));
                     }
                 }
             }
-            for (int64_t n = 0; n < N; n++) std::memcpy(dA_rows + (b * N + n) * D + d0, dA[n], bd * sizeof(T));
+            for (int64_t n = 0; n < N; n++) std::memcpy(part + n * Dn + d0, dA[n], bd * sizeof(T));
+            std::memcpy(part + N * Dn + d0, dD, bd * sizeof(T));
+            std::memcpy(part + (N + 1) * Dn + d0, dbias, bd * sizeof(T));
         }
     });
 }
 
-// dA (n, d) = sum over rows of dA_rows (b, n, d), row 0 first: a fixed order whatever the thread count
+// out = the sum over rows of parts (rows, size), row 0 first: a fixed order whatever the thread count
 template <typename T>
 static void sum_rows(int64_t rows, int64_t size, const T* parts, T* out) {
     for (int64_t i = 0; i < size; i++) out[i] = 0;
@@ -410,28 +524,35 @@ static void sum_rows(int64_t rows, int64_t size, const T* parts, T* out) {
         for (int64_t i = 0; i < size; i++) out[i] += parts[r * size + i];
 }
 
-#define ENTRY_POINTS(T, SUFFIX)                                                                                  \
-extern "C" void forward_##SUFFIX(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C, T* y,    \
-                                 T* states, T* last) {                                                           \
-    forward<T>(m, u, dt, At, B, C, y, states, last);                                                             \
-}                                                                                                                \
-extern "C" void backward_##SUFFIX(Dims m, const T* u, const T* dt, const T* At, const T* B, const T* C,        \
-                                  const T* g, const T* states, T* du, T* ddt, T* dA_rows, T* dB, T* dC) {        \
-    backward<T>(m, u, dt, At, B, C, g, states, du, ddt, dA_rows, dB, dC);                                       \
-}                                                                                                                \
-extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {                         \
-    sum_rows<T>(rows, size, parts, out);                                                                         \
-}
+#define ENTRY_POINTS(T, SUFFIX)                                                                                 \
+    extern "C" void forward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,           \
+                                     const T* At, const T* B, const T* C, const T* D, const T* bias, T* out,    \
+                                     T* states, T* last) {                                                      \
+        forward<T>(m, u, delta, z, At, B, C, D, bias, out, states, last);                                       \
+    }                                                                                                           \
+    extern "C" void backward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,          \
+                                      Rows<const T> g, const T* At, const T* B, const T* C, const T* D,         \
+                                      const T* bias, const T* states, T* du, T* ddelta, T* dz, T* parts,         \
+                                      T* dB, T* dC) {                                                            \
+        backward<T>(m, u, delta, z, g, At, B, C, D, bias, states, du, ddelta, dz, parts, dB, dC);               \
+    }                                                                                                           \
+    extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {                    \
+        sum_rows<T>(rows, size, parts, out);                                                                    \
+    }
 ENTRY_POINTS(float, f32)
 ENTRY_POINTS(double, f64)
 """
-_CPU_CHUNK = 32     # K in the source: time steps between saved states
+_CPU_CHUNK = 16      # K in the source: time steps between saved states
 _CPU_MAX_STATE = 64  # MAXN in the source
 
 
 class _Dims(ctypes.Structure):
     _fields_ = [("b", ctypes.c_int64), ("d", ctypes.c_int64), ("l", ctypes.c_int64), ("n", ctypes.c_int64),
-                ("threads", ctypes.c_int64)]
+                ("threads", ctypes.c_int64), ("softplus", ctypes.c_int64)]
+
+
+class _Rows(ctypes.Structure):  # a (b, l, d) tensor with unit stride over d
+    _fields_ = [("p", ctypes.c_void_p), ("sb", ctypes.c_int64), ("st", ctypes.c_int64)]
 
 
 class CPUBuildError(RuntimeError):
@@ -501,59 +622,83 @@ def _ptr(t):
     return ctypes.c_void_p(t.data_ptr())
 
 
-def _channels_last(x):
-    # a (b, d, l) view whose storage is (b, l, d) contiguous: the layout the loops read. model.py's dt and z are
-    # such views already (no copy); anything else is copied once
-    b, d, l = x.shape
-    if x.stride() == (l * d, 1, d):
-        return x
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
+def _rows(x):
+    # a (b, d, l) tensor as the C code's Rows: its storage needs unit stride over d. model.py's delta and z are such
+    # views of (b, l, .) Linear outputs already (no copy); anything else is copied once, as (b, l, d)
+    if x.stride(1) != 1:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x, _Rows(x.data_ptr(), x.stride(0), x.stride(2))
+
+
+def _absent():
+    return _Rows(None, 0, 0)
+
+
+def _vector_ptr(x):
+    return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
 class _ScanCPU(torch.autograd.Function):
-    """y, last state = scan(u, dt, A, B, C) with u, dt (b, d, l), B, C (b, n, l), A (d, n), fp32 or fp64."""
+    """the whole of selective_scan in two C calls: bias and softplus, the recurrence, the D skip and the z gate
+    forward; all their gradients backward"""
 
     @staticmethod
-    def forward(ctx, u, dt, A, B, C):
+    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
         lib = _cpu_library()
         b, d, l = u.shape
         n = A.shape[1]
-        u = _channels_last(u)
-        dt = _channels_last(dt)
-        Bt = B.transpose(1, 2).contiguous()  # (b, l, n): a view of model.py's x_proj output, no copy there
-        Ct = C.transpose(1, 2).contiguous()
-        At = A.t().contiguous()              # (n, d)
-        y = u.new_empty(b, l, d)
+        acc = torch.promote_types(torch.float32, u.dtype)
+        ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, bias)]
+        u, u_rows = _rows(u.to(acc))
+        delta, delta_rows = _rows(delta.to(acc))
+        z, z_rows = (None, _absent()) if z is None else _rows(z.to(acc))
+        At = A.to(acc).t().contiguous()           # (n, d)
+        Bt = B.to(acc).transpose(1, 2).contiguous()  # (b, l, n): a view of model.py's x_proj output, no copy there
+        Ct = C.to(acc).transpose(1, 2).contiguous()
+        D = None if D is None else D.to(acc).contiguous()
+        bias = None if bias is None else bias.to(acc).contiguous()
+        out = u.new_empty(b, l, d)
         states = u.new_empty(b, -(-l // _CPU_CHUNK), n, d)
         last = u.new_empty(b, n, d)
-        dims = _Dims(b, d, l, n, torch.get_num_threads())
-        suffix = "f64" if u.dtype == torch.float64 else "f32"
-        getattr(lib, f"forward_{suffix}")(dims, _ptr(u), _ptr(dt), _ptr(At), _ptr(Bt), _ptr(Ct), _ptr(y),
-                                          _ptr(states), _ptr(last))
-        ctx.save_for_backward(u, dt, At, Bt, Ct, states)
+        dims = _Dims(b, d, l, n, torch.get_num_threads(), int(softplus))
+        entry = lib.forward_f64 if acc == torch.float64 else lib.forward_f32
+        entry(dims, u_rows, delta_rows, z_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D), _vector_ptr(bias),
+              _ptr(out), _ptr(states), _ptr(last))
+        ctx.save_for_backward(u, delta, z, At, Bt, Ct, D, bias, states)
+        ctx.softplus = softplus
         last = last.transpose(1, 2)  # (b, d, n)
         ctx.mark_non_differentiable(last)
-        return y.transpose(1, 2), last
+        return out.transpose(1, 2).to(ctx.dtypes[0]), last
 
     @staticmethod
-    def backward(ctx, gy, _glast):
-        u, dt, At, Bt, Ct, states = ctx.saved_tensors
+    def backward(ctx, gout, _glast):
+        u, delta, z, At, Bt, Ct, D, bias, states = ctx.saved_tensors
+        lib = _cpu_library()
         b, d, l = u.shape
         n = At.shape[0]
-        g = _channels_last(gy)
+        g, g_rows = _rows(gout.to(u.dtype))
+        z_rows = _absent() if z is None else _Rows(z.data_ptr(), z.stride(0), z.stride(2))
         du = u.new_empty(b, l, d)
-        ddt = u.new_empty(b, l, d)
-        dA_rows = u.new_empty(b, n, d)
-        dA = u.new_empty(n, d)
+        ddelta = u.new_empty(b, l, d)
+        dz = u.new_empty(b, l, d) if z is not None else u.new_empty(1)
+        parts = u.new_empty(b, n + 2, d)  # per batch row: dA | dD | dbias
+        sums = u.new_empty(n + 2, d)
         dB = u.new_zeros(b, l, n)
         dC = u.new_zeros(b, l, n)
-        dims = _Dims(b, d, l, n, torch.get_num_threads())
-        suffix = "f64" if u.dtype == torch.float64 else "f32"
-        lib = _cpu_library()
-        getattr(lib, f"backward_{suffix}")(dims, _ptr(u), _ptr(dt), _ptr(At), _ptr(Bt), _ptr(Ct), _ptr(g),
-                                           _ptr(states), _ptr(du), _ptr(ddt), _ptr(dA_rows), _ptr(dB), _ptr(dC))
-        getattr(lib, f"sum_rows_{suffix}")(ctypes.c_int64(b), ctypes.c_int64(n * d), _ptr(dA_rows), _ptr(dA))
-        return du.transpose(1, 2), ddt.transpose(1, 2), dA.t(), dB.transpose(1, 2), dC.transpose(1, 2)
+        dims = _Dims(b, d, l, n, torch.get_num_threads(), int(ctx.softplus))
+        f64 = u.dtype == torch.float64
+        entry = lib.backward_f64 if f64 else lib.backward_f32
+        entry(dims, _Rows(u.data_ptr(), u.stride(0), u.stride(2)), _Rows(delta.data_ptr(), delta.stride(0),
+              delta.stride(2)), z_rows, g_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D), _vector_ptr(bias),
+              _ptr(states), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(parts), _ptr(dB), _ptr(dC))
+        (lib.sum_rows_f64 if f64 else lib.sum_rows_f32)(ctypes.c_int64(b), ctypes.c_int64((n + 2) * d), _ptr(parts),
+                                                        _ptr(sums))
+        du_t, ddelta_t, dA_t, dB_t, dC_t, dD_t, dz_t, dbias_t = ctx.dtypes
+        grads = (du.transpose(1, 2).to(du_t), ddelta.transpose(1, 2).to(ddelta_t), sums[:n].t().to(dA_t),
+                 dB.transpose(1, 2).to(dB_t), dC.transpose(1, 2).to(dC_t),
+                 None if D is None else sums[n].to(dD_t), None if z is None else dz.transpose(1, 2).to(dz_t),
+                 None if bias is None else sums[n + 1].to(dbias_t))
+        return *grads, None
 
 
 def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -563,7 +708,7 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         raise ValueError(f"the cpu backend takes CPU tensors, got {u.device}")
     if A.shape[1] > _CPU_MAX_STATE:
         raise ValueError(f"the cpu backend supports d_state <= {_CPU_MAX_STATE}, got {A.shape[1]}")
-    out, last = _reference(_ScanCPU.apply, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out, last = _ScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
