@@ -39,8 +39,9 @@ def least_squares(xs, ys, xq=None, tol=1e-10):
     Q = queries(xs, xq).double()
     w = X.new_zeros(B, d, Y.shape[-1])  # the current solution
     preds = Y.new_zeros(Y.shape)
-    Pi = torch.eye(d, dtype=X.dtype, device=X.device).repeat(B, 1, 1)  # projector onto the complement of span(x_<i)
-    P = X.new_zeros(B, d, d)                                             # (X^T X)^+ on that span
+    # Pi: the projector onto the complement of span(x_<i); P: (X^T X)^+ on that span
+    Pi = torch.eye(d, dtype=X.dtype, device=X.device).repeat(B, 1, 1)
+    P = X.new_zeros(B, d, d)
     for i in range(N - 1):
         a = X[:, i, :, None]                                  # (B, d, 1) the new point
         r = Y[:, i, None, :] - (a * w).sum(1, keepdim=True)   # (B, 1, Y) its residual
@@ -95,17 +96,20 @@ def retrieval_dict(xs, ys, xq=None):
 
 
 def parity_bayes(xs, ys, xq=None, k=2, context=True):
-    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained Mamba): the
-    # mean parity at the query over the k-subsets that agree with every context pair (45 at d=10, k=2).
+    # sparse parity's Bayes-optimal predictor (not in the paper; our classical stand-in for its trained
+    # Mamba): the mean parity at the query over the k-subsets that agree with every context pair (45 at
+    # d=10, k=2).
     # context=False ('parity_prior') averages over all subsets: the best guess without ICL, MSE 1 - 1/C(d,k)
     subsets = torch.tensor(list(itertools.combinations(range(xs.shape[-1]), k)), device=xs.device)  # (H, k)
     hyp = xs[..., subsets].prod(-1)                                           # (B, N, H) each hypothesis' y
-    ok = (hyp == ys).to(xs.dtype).cumprod(1) if context else torch.ones_like(hyp)  # consistent with pairs <= j
+    # consistent with pairs <= j
+    ok = (hyp == ys).to(xs.dtype).cumprod(1) if context else torch.ones_like(hyp)
     ok = torch.cat([torch.ones_like(ok[:, :1]), ok[:, :-1]], dim=1)           # ... with pairs < i
     votes = queries(xs, xq)[..., subsets].prod(-1) * ok
     preds = votes.sum(-1, keepdim=True) / ok.sum(-1, keepdim=True).clamp(min=1)
     if context:
-        preds[:, 0] = 0  # the contract (no context, no guess), though the prior mean would be the Bayes answer
+        # the contract (no context, no guess), though the prior mean would be the Bayes answer
+        preds[:, 0] = 0
     return preds
 
 # -----------------------------------------------------------------------------
@@ -120,7 +124,8 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
       - moves towards that optimum and, if an active weight changes sign on the way, stops there and drops it;
       - else adds the inactive coordinate that most violates optimality (|gradient_j| > lam), with its sign;
       - if that coordinate's column lies in the span of the active ones (common while i < d), slides along the
-        null direction instead, where the objective falls linearly, until an active weight reaches 0, and swaps;
+        null direction instead, where the objective falls linearly, until an active weight reaches 0, and
+        swaps;
     until no sign changes and no coordinate violates optimality. Warm-started from the previous prefix, most
     fits take one or two steps. Every y dimension is its own fit. float64."""
     B, N, d = xs.shape
@@ -170,7 +175,8 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
                 # fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
                 u = sign_j[:, None] * (eye[j_add] - H_g)
                 slide, k_swap = torch.where(active & (w * u < 0), -w / u, inf).min(1)
-                in_span &= slide.isfinite()  # always true in exact arithmetic (the objective is bounded below)
+                # always true in exact arithmetic (the objective is bounded below)
+                in_span &= slide.isfinite()
                 w.add_(torch.where(in_span, slide, 0.)[:, None] * u)
                 j_drop = torch.where(in_span, k_swap, j_drop)
             drop = flipping | in_span
@@ -215,9 +221,10 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
 # a 2-layer ReLU MLP trained by gradient descent, one fresh net per prompt and prefix, all at once
 
 def gd_mlp(xs, ys, xq=None, steps=1000, lr=5e-3, batch_size=1, hidden=100, chunk=2048, seed=0):
-    """paper: 1000 Adam steps (lr 5e-3) on one random context point each; reference code: 100 steps on up to 100
-    points (gd_mlp_ref). Every fit is a slice of one (fits, ...) tensor and Adam is elementwise, so one fused
-    Adam on the stack is exactly independent Adams. Hand-written gradients; `chunk` fits at a time bound memory."""
+    """paper: 1000 Adam steps (lr 5e-3) on one random context point each; reference code: 100 steps on up to
+    100 points (gd_mlp_ref). Every fit is a slice of one (fits, ...) tensor and Adam is elementwise, so one
+    fused Adam on the stack is exactly independent Adams. Hand-written gradients; `chunk` fits at a time
+    bound memory."""
     Q = queries(xs, xq)
     B, N, d = xs.shape
     y_dims = ys.shape[-1]
@@ -264,7 +271,8 @@ def gd_mlp(xs, ys, xq=None, steps=1000, lr=5e-3, batch_size=1, hidden=100, chunk
     return preds
 
 # -----------------------------------------------------------------------------
-# the reference approach: one sklearn/xgboost fit per prompt per prefix (optional packages, slow); trained models
+# the reference approach: one sklearn/xgboost fit per prompt per prefix (optional packages, slow); trained
+# models
 
 def per_fit(make, xs, ys, xq=None):
     X, Y, Q = (t.detach().double().cpu().numpy() for t in (xs, ys, queries(xs, xq)))
@@ -287,16 +295,17 @@ def _make(kind, **kw):  # optional packages, imported only when such a baseline 
 
 @torch.no_grad()
 def model_predict(model, xs, ys, xq=None):
-    """a trained model under the baselines' contract: prediction i at x token i. A query other than x_i (Garg's
-    OOD queries) costs one forward per position, on the prompt cut after point i with x_i replaced: causality
-    makes the later points irrelevant."""
+    """a trained model under the baselines' contract: prediction i at x token i. A query other than x_i
+    (Garg's OOD queries) costs one forward per position, on the prompt cut after point i with x_i replaced:
+    causality makes the later points irrelevant."""
     dev = next(model.parameters()).device
     xs = xs.to(dev)
     ys = ys.to(dev)
     if xq is None:
         return model(xs, ys).float()
     xq = xq.to(dev)
-    per_position = [model(torch.cat([xs[:, :i], xq[:, i:i + 1]], 1), ys[:, :i + 1])[:, i] for i in range(xs.shape[1])]
+    per_position = [model(torch.cat([xs[:, :i], xq[:, i:i + 1]], 1), ys[:, :i + 1])[:, i]
+                    for i in range(xs.shape[1])]
     return torch.stack(per_position, 1).float()
 
 # -----------------------------------------------------------------------------

@@ -1,34 +1,39 @@
 """
-Model benchmark: prints numbers and ratios, asserts nothing.
-    python bench.py                 # paper size (E = 256, 12 blocks, batch 64); minutes on a CPU
-    python bench.py --quick         # fewer repeats, one layer for the naive scan
-    python bench.py --device=cuda
-    python bench.py --sections=2    # only the steps/s table; --points=41,101 picks the scan rows
+Speed benchmark: prints Markdown tables of times and ratios, asserts nothing. Each ratio is measured within one
+run (one process, one sitting), so it says more than the absolute times, which follow the machine's load.
+    python bench.py                            # every section; several minutes on a CPU
+    python bench.py --sections=scan,small      # a subset: scan, small, paper, layers
+    python bench.py --device=cuda              # on a GPU (the triton scan joins the cpu one)
+    OMP_NUM_THREADS=2 python bench.py          # the thread count is torch's (the README's tables: 2 threads)
 
-1. forward+backward of a 12-block Mamba (E = 256, expand 4) at batch 64 and 82 / 202 / 282 tokens
-   (41 / 101 / 141 points), with our torch scan (and triton on CUDA) next to the straightforward
-   per-timestep loop most reference code uses (ssm_scan.selective_scan_naive). The naive loop keeps
-   (b, d, l, n) tensors per layer for autograd; where 12 layers of it would not fit in memory it is
-   timed on ONE layer and multiplied by 12, and the table says so.
-2. training steps/s (forward, backward, Adam) of GPT-2, Llama, Mamba and llama_mamba at paper size
-   on linear regression (41 points = 82 tokens, batch 64).
+scan    the selective scan alone, forward + backward, at the study's small Mamba (b 64, d 256, n 16, l 22) and
+        the paper's (b 64, d 1024, n 16, l 82): the fused cpu backend (triton on CUDA) against the torch backend
+small   a training step (forward, backward, Adam) at the study's size (E 64, 4 blocks, d 5, 11 points, batch 64)
+        of GPT-2, Llama and Mamba, Mamba once per scan backend, and the Llama-Mamba hybrid; ratio to GPT-2
+paper   the same at the paper's size (E 256, 12 blocks, d 20, 41 points, batch 64)
+layers  a 12-block Mamba at paper size, forward + backward at 82 / 202 / 282 tokens, per scan backend and the
+        per-timestep loop most reference code uses (ssm_scan.selective_scan_naive; where 12 layers of it would
+        not fit in memory it is timed on one layer and multiplied by 12, and the table says so)
 """
 import sys
 import time
 
 import torch
 
+import model as model_module
 import ssm_scan
 import train
 from model import ICLModel
 
 args = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in sys.argv[1:])
 device = torch.device(args.get('device', 'cuda' if torch.cuda.is_available() else 'cpu'))
-quick = args.get('quick') == 'True'
-sections = args.get('sections', '1,2').split(',')
-points = [int(p) for p in args.get('points', '41,101,141').split(',')]
-reps = 1 if quick else 3
-mem_budget = (torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda' else 16 * 2**30) * 0.6
+sections = args.get('sections', 'scan,small,paper,layers').split(',')
+reps = int(args.get('reps', 5))
+kernel = 'triton' if device.type == 'cuda' else 'cpu'  # the fused backend of this device
+if device.type == 'cuda':
+    mem_budget = torch.cuda.get_device_properties(device).total_memory * 0.6
+else:
+    mem_budget = 16 * 2**30 * 0.6
 
 
 def sync():
@@ -37,7 +42,8 @@ def sync():
 
 
 def timeit(fn, reps=reps):
-    fn()  # warm-up
+    """median wall-clock seconds of reps calls, after one warm-up call"""
+    fn()
     sync()
     times = []
     for _ in range(reps):
@@ -49,53 +55,88 @@ def timeit(fn, reps=reps):
 
 
 def build(name, *extra):
-    cfg, _ = train.load_config([f'configs/{name}.py', 'configs/linear_regression.py', f'--device={device.type}', *extra])
+    cfg, _ = train.load_config([f'configs/{name}.py', 'configs/linear_regression.py', f'--device={device.type}',
+                                *extra])
     torch.manual_seed(0)
     return ICLModel(train.validate(cfg)).to(device), cfg
 
 
-def fwd_bwd(model, n_points, batch=64):
-    xs, ys = torch.randn(batch, n_points, 20, device=device), torch.randn(batch, n_points, 1, device=device)
-    def run():
-        model.zero_grad(set_to_none=True)
+def train_step(model, n_points, n_dims, batch=64):
+    xs = torch.randn(batch, n_points, n_dims, device=device)
+    ys = torch.randn(batch, n_points, 1, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
         ((model(xs, ys) - ys) ** 2).mean().backward()
-    return run
+        opt.step()
+    return step
 
 
 print(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()}")
-print("\n## 1. Mamba, 12 blocks, E = 256, batch 64: forward+backward seconds\n")
-backends = ['torch', 'naive'] + (['triton'] if device.type == 'cuda' and ssm_scan.HAS_TRITON else [])
-print('| tokens | ' + ' | '.join(backends) + ' | naive / torch |\n|---' * 1 + '|---' * (len(backends) + 1) + '|')
-import model as model_module  # the naive loop is swapped in where model.py calls selective_scan
-real_scan = model_module.selective_scan
-naive = lambda *a, backend=None, deterministic=False, **k: ssm_scan.selective_scan_naive(*a, **k)
-for n_points in (points if '1' in sections else []):
-    L, row = 2 * n_points, {}
-    for backend in backends:
-        model, _ = build('mamba', f'--scan_backend={"torch" if backend == "naive" else backend}')
-        layers = 1
-        if backend == 'naive':
-            model_module.selective_scan = naive
-            per_layer = 64 * 1024 * L * 16 * 4 * 4  # dA, dBu and saved per-step states in fp32, roughly
-            if quick or 12 * per_layer > mem_budget:
-                model.h, layers = model.h[:1], 12  # time one layer, scale by 12
-        try:
-            row[backend] = (timeit(fwd_bwd(model, n_points)) * layers, ' (1 layer x 12)' if layers > 1 else '')
-        finally:
-            model_module.selective_scan = real_scan
-        del model
-    cells = [f"{row[b][0]:.2f}{row[b][1]}" for b in backends]
-    print(f"| {L} | " + ' | '.join(cells) + f" | {row['naive'][0] / row['torch'][0]:.1f}x |", flush=True)
 
-print("\n## 2. training steps/s at paper size (linear regression, 82 tokens, batch 64)\n")
-print('| model | backbone params | steps/s |\n|---|---|---|')
-for name in (('gpt2', 'llama', 'mamba', 'llama_mamba') if '2' in sections else ()):
-    model, cfg = build(name)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    run = fwd_bwd(model, 41)
-    def step():
-        run()
-        opt.step()
-    t = timeit(step)
-    print(f"| {name} | {model.param_counts()['backbone'] / 1e6:.2f}M | {1 / t:.3f} |", flush=True)
-    del model, opt
+if 'scan' in sections:
+    print("\n## the selective scan, forward + backward (ms, median of reps)\n")
+    print(f"| shape (b, d, n, l) | torch | {kernel} | speed-up |\n|---|---|---|---|")
+    kernel_fn = ssm_scan.selective_scan_triton if kernel == 'triton' else ssm_scan.selective_scan_cpu
+    for b, d, n, l in ((64, 256, 16, 22), (64, 1024, 16, 82)):
+        x, g = ssm_scan._case(b, d, l, n, torch.float32, device)
+        t_torch = ssm_scan.bench(ssm_scan.selective_scan_torch, x, g, reps)[2]
+        t_kernel = ssm_scan.bench(kernel_fn, x, g, reps)[2]
+        print(f"| {b}, {d}, {n}, {l} | {t_torch:.1f} | {t_kernel:.1f} | {t_torch / t_kernel:.1f}x |", flush=True)
+
+
+def step_table(title, extra, n_points, n_dims):
+    print(f"\n## a training step at {title} (ms, median of reps): ratio to GPT-2\n")
+    print("| model | scan backend | backbone params | ms/step | / GPT-2 |\n|---|---|---|---|---|")
+    rows = [('gpt2', None), ('llama', None), ('mamba', 'torch'), ('mamba', kernel), ('llama_mamba', kernel)]
+    base = None
+    for name, backend in rows:
+        flags = [*extra] + ([f'--scan_backend={backend}'] if backend else [])
+        model, _ = build(name, *flags)
+        t = timeit(train_step(model, n_points, n_dims))
+        base = base or t
+        params = model.param_counts()['backbone']
+        print(f"| {name} | {backend or '-'} | {params:,} | {1e3 * t:.0f} | {t / base:.1f}x |", flush=True)
+        del model
+
+
+if 'small' in sections:
+    small = ['--n_layer=4', '--n_embd=64', '--n_head=4', '--n_dims=5', '--n_points=11', '--curriculum=False']
+    step_table("the study's size (E 64, 4 blocks, d 5, 11 points, batch 64)", small, 11, 5)
+if 'paper' in sections:
+    step_table("the paper's size (E 256, 12 blocks, d 20, 41 points, batch 64)", ['--curriculum=False'], 41, 20)
+
+if 'layers' in sections:
+    print("\n## a 12-block Mamba, E = 256, batch 64: forward + backward seconds\n")
+    backends = ['torch', kernel, 'naive']
+    print('| tokens | ' + ' | '.join(backends) + ' | naive / torch |\n' + '|---' * (len(backends) + 2) + '|')
+    real_scan = model_module.selective_scan
+
+    def naive(*a, backend=None, deterministic=False, **k):  # swapped in where model.py calls selective_scan
+        return ssm_scan.selective_scan_naive(*a, **k)
+    for n_points in (41, 101, 141):
+        L = 2 * n_points
+        row = {}
+        for backend in backends:
+            model, _ = build('mamba', f'--scan_backend={"torch" if backend == "naive" else backend}')
+            layers = 1
+            if backend == 'naive':
+                model_module.selective_scan = naive
+                per_layer = 64 * 1024 * L * 16 * 4 * 4  # dA, dBu and saved per-step states in fp32, roughly
+                if 12 * per_layer > mem_budget:
+                    model.h = model.h[:1]  # time one layer, scale by 12
+                    layers = 12
+            xs = torch.randn(64, n_points, 20, device=device)
+            ys = torch.randn(64, n_points, 1, device=device)
+
+            def fwd_bwd():
+                model.zero_grad(set_to_none=True)
+                ((model(xs, ys) - ys) ** 2).mean().backward()
+            try:
+                row[backend] = (timeit(fwd_bwd, max(1, reps // 2)) * layers, ' (1 layer x 12)' if layers > 1 else '')
+            finally:
+                model_module.selective_scan = real_scan
+            del model
+        cells = [f"{row[b][0]:.2f}{row[b][1]}" for b in backends]
+        print(f"| {L} | " + ' | '.join(cells) + f" | {row['naive'][0] / row['torch'][0]:.1f}x |", flush=True)

@@ -3,7 +3,7 @@ Evaluate ICL runs from their checkpoints alone (docs/paper.md §5-§7): squared 
 over fixed seeded prompts, the ICL regression score with SE and 95% CI, cross-task and OOD evaluation,
 plots, and a score table laid out like the paper's Table 3.
     python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...]
-    python evaluate.py out/gpt2-sparse --task=linear_regression --all_ckpts=True  # cross-task, every checkpoint
+    python evaluate.py out/gpt2-sparse --task=linear_regression --all_ckpts=True  # cross-task, all ckpts
     python evaluate.py out/gpt2-linear --ood=all                                  # Garg's OOD suite
     python evaluate.py out/*-tree --baseline_run=out/gpt2-tree --out=results/table3
     python evaluate.py --help
@@ -34,20 +34,25 @@ batch_size = 640      # prompts per forward pass / baseline call
 seed = 0              # the prompts' seed: every model and baseline of a task sees the same prompts
 task = ''             # '' = the task each run was trained on; a task name = cross-task evaluation
 ood = ''              # '' | 'all' | comma list of tasks.OOD_VARIANTS (linear regression only)
-baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES names, or lasso_sweep
-baseline_run = ''     # a trained run as the score's baseline (paper: GPT-2 for decision_tree, Mamba for parity)
+baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES, or lasso_sweep
+baseline_run = ''     # a trained run as the score baseline (paper: GPT-2 for decision_tree, Mamba for parity)
 score_vs = ''         # '' = the task's score baseline (tasks.TASKS); or a baselines.BASELINES name
 all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training trajectories, paper Figs. 4-6)
 plot = True           # write the PNGs
 out = ''              # path prefix of the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
 device = 'cpu'        # cpu | cuda | cuda:N
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
-ARCH_ORDER = ('gpt2', 'gpt2_rms', 'gpt2_rope', 'gpt2_swiglu', 'gpt2_rms_swiglu', 'gpt2_rms_rope', 'gpt2_rope_swiglu',
-              'llama', 'llama_mamba_pos', 'llama_mamba_ffn', 'llama_mamba', 'mamba', 'mambaformer')  # Table 3's rows
-COLUMNS = dict(linear_regression='Linear', sparse_linear_regression='Sparse Linear', relu2nn_regression='2-Layer MLP',
-               decision_tree='Decision Tree', sparse_parity='Sparse Parity', mqar='Vector MQAR')
-MEMORY_SHARE = 0.5    # refuse an evaluation whose error tables would take more than this share of the free memory
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith('_') and type(v) in (int, float, bool, str)}
+# Table 3's rows
+ARCH_ORDER = ('gpt2', 'gpt2_rms', 'gpt2_rope', 'gpt2_swiglu', 'gpt2_rms_swiglu', 'gpt2_rms_rope',
+              'gpt2_rope_swiglu', 'llama', 'llama_mamba_pos', 'llama_mamba_ffn', 'llama_mamba', 'mamba',
+              'mambaformer')
+COLUMNS = dict(linear_regression='Linear', sparse_linear_regression='Sparse Linear',
+               relu2nn_regression='2-Layer MLP', decision_tree='Decision Tree', sparse_parity='Sparse Parity',
+               mqar='Vector MQAR')
+# refuse an evaluation whose error tables would take more than this share of the free memory
+MEMORY_SHARE = 0.5
 
 # -----------------------------------------------------------------------------
 # options and runs, all checked before any work
@@ -80,8 +85,8 @@ def parse_args(argv):
     for arg in (a for a in argv if a.startswith('--')):
         key, eq, raw = arg[2:].partition('=')
         if key not in cfg or not eq:
-            raise UserError(f"unknown option {short(arg)}; evaluate.py takes runs and --key=value with key in: "
-                            f"{', '.join(cfg)} (python evaluate.py --help)")
+            raise UserError(f"unknown option {short(arg)}; evaluate.py takes runs and --key=value "
+                            f"with key in: {', '.join(cfg)} (python evaluate.py --help)")
         if type(cfg[key]) is str and raw in ('True', 'False'):
             value = raw == 'True'  # a bool where text is expected: only --ood takes one
         else:
@@ -89,7 +94,8 @@ def parse_args(argv):
         if key == 'ood' and type(value) is bool:
             value = 'all' if value else ''  # --ood=True: the whole suite
         if type(value) is not type(cfg[key]):
-            raise UserError(f"--{key} must be a {type(cfg[key]).__name__} (like {cfg[key]!r}), got {short(raw)}")
+            raise UserError(f"--{key} must be a {type(cfg[key]).__name__} (like {cfg[key]!r}), "
+                            f"got {short(raw)}")
         cfg[key] = value
     variants = tasks.OOD_VARIANTS if cfg['ood'] == 'all' else [v for v in cfg['ood'].split(',') if v]
     cfg['variants'] = [v for v in variants if v != 'standard']
@@ -99,43 +105,50 @@ def parse_args(argv):
     cfg['extra'] = extra
     bad_variants = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS))
     bad_baselines = sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
-    checks = ((not runs, "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...] (--help lists the keys)"),
+    checks = ((not runs,
+               "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...] (--help lists the keys)"),
               (cfg['n_prompts'] < 2, f"n_prompts must be >= 2, got {short(cfg['n_prompts'])}"),
               (cfg['batch_size'] < 1, f"batch_size must be >= 1, got {short(cfg['batch_size'])}"),
-              (not 0 <= cfg['seed'] <= 2**63 - 1, f"seed must be in [0, 2**63 - 1], got {short(cfg['seed'])}"),
+              (not 0 <= cfg['seed'] <= 2**63 - 1,
+               f"seed must be in [0, 2**63 - 1], got {short(cfg['seed'])}"),
               (cfg['task'] not in ('', *tasks.TASKS),
                f"unknown task {short(cfg['task'])}; tasks are {', '.join(tasks.TASKS)}"),
-              (bad_variants, f"unknown OOD variant(s) {short(bad_variants)}; choose from {', '.join(tasks.OOD_VARIANTS)}"),
-              (bad_baselines, f"unknown baseline(s) {short(bad_baselines)}; choose from {', '.join(BASELINES)}, "
-                              "lasso_sweep"))
+              (bad_variants,
+               f"unknown OOD variant(s) {short(bad_variants)}; choose from {', '.join(tasks.OOD_VARIANTS)}"),
+              (bad_baselines,
+               f"unknown baseline(s) {short(bad_baselines)}; choose from {', '.join(BASELINES)}, "
+               "lasso_sweep"))
     for bad, msg in checks:
         if bad:
             raise UserError(msg)
     _check_device(cfg['device'])
     if cfg['out'] and (cfg['out'].endswith(os.sep) or os.path.isdir(cfg['out'])):
-        cfg['out'] = os.path.join(cfg['out'], 'table')  # a directory: its table.md, table.csv, table_<task>.png
+        # a directory: its table.md, table.csv, table_<task>.png
+        cfg['out'] = os.path.join(cfg['out'], 'table')
     if cfg['out']:
         ok, where = _writable_dir(os.path.dirname(cfg['out']) or '.')
         if not ok:
-            raise UserError(f"--out={short(cfg['out'])}: cannot write there ({where} is not a writable directory)")
+            raise UserError(f"--out={short(cfg['out'])}: cannot write there "
+                            f"({where} is not a writable directory)")
     return runs, cfg
 
 
 def run_checkpoints(run, every):
-    """(directory the outputs go to, [checkpoint paths]): a run directory's ckpt.pt (its latest) after, when asked,
-    every ckpt_<step>.pt; or the one checkpoint file given"""
+    """(directory the outputs go to, [checkpoint paths]): a run directory's ckpt.pt (its latest) after, when
+    asked, every ckpt_<step>.pt; or the one checkpoint file given"""
     if os.path.isfile(run):
         return os.path.dirname(run) or '.', [run]
     steps = [p for _, p in step_checkpoints(run)]
     latest = os.path.join(run, 'ckpt.pt')
     if not os.path.isdir(run) or (not steps and not os.path.exists(latest)):
-        raise UserError(f"no checkpoints in {short(run)} (expected a run directory with ckpt.pt or ckpt_<step>.pt "
-                        "written by train.py, or a checkpoint file)")
+        raise UserError(f"no checkpoints in {short(run)} (expected a run directory with ckpt.pt or "
+                        "ckpt_<step>.pt written by train.py, or a checkpoint file)")
     if not os.path.exists(latest):
         latest = steps[-1]
     paths = steps if every else []
     if latest not in paths:
-        paths.append(latest)  # a ckpt.pt that is a copy of the last step checkpoint is skipped later, by its step
+        # a ckpt.pt that is a copy of the last step checkpoint is skipped later, by its step
+        paths.append(latest)
     return run, paths
 
 
@@ -146,8 +159,8 @@ def plan_run(run, cfg):
     task = cfg['task'] or rc['task']
     record = tasks.get(task)
     if cfg['variants'] and task != 'linear_regression':
-        raise UserError(f"the OOD suite is defined for linear regression; add --task=linear_regression to evaluate "
-                        f"this {task} run on it")
+        raise UserError("the OOD suite is defined for linear regression; add --task=linear_regression to "
+                        f"evaluate this {task} run on it")
     n_pts = record.eval_points(rc)
     if n_pts < 2:
         raise UserError(f"{run}: prompts of {n_pts} point(s) have no prediction after an example to score")
@@ -177,7 +190,8 @@ def check_baseline_run(cfg, plans):
     for p in plans:
         if brc['task'] != p['task']:
             raise UserError(f"--baseline_run={short(cfg['baseline_run'])} was trained on {brc['task']}, but "
-                            f"{p['run']} is evaluated on {p['task']}: a baseline must be trained on the same task")
+                            f"{p['run']} is evaluated on {p['task']}: "
+                            "a baseline must be trained on the same task")
     return paths[-1]
 
 
@@ -186,9 +200,9 @@ def check_memory(cfg, plans):
     curves = max((3 + len(p['record'].plot_baselines) + len(cfg['extra'])) * p['n_pts'] for p in plans)
     need = cfg['n_prompts'] * curves * 4 * (1 + len(cfg['variants']))  # float32 errors
     if need > MEMORY_SHARE * _available_memory():
-        raise UserError(f"n_prompts={cfg['n_prompts']:,} needs about {need / 2**30:,.1f} GiB for its error tables, "
-                        f"more than {MEMORY_SHARE:.0%} of the free memory ({_available_memory() / 2**30:,.1f} GiB): "
-                        "ask for fewer prompts")
+        raise UserError(f"n_prompts={cfg['n_prompts']:,} needs about {need / 2**30:,.1f} GiB "
+                        f"for its error tables, more than {MEMORY_SHARE:.0%} of the free memory "
+                        f"({_available_memory() / 2**30:,.1f} GiB): ask for fewer prompts")
 
 # -----------------------------------------------------------------------------
 # models, prompts, errors, the score
@@ -214,9 +228,9 @@ def build_model(path, task, n_dims, n_pts, dev):
 
 
 def prompt_batches(plan, variant, cfg):
-    """the evaluation prompts, batch_size at a time: (xs, ys, xq, yq), the query of prediction i xq[:, i] (None: x_i
-    itself) and its target yq[:, i]. Drawn 64 at a time from one seeded generator whatever batch_size is, so the
-    first k*64 prompts never depend on n_prompts or batch_size."""
+    """the evaluation prompts, batch_size at a time: (xs, ys, xq, yq), the query of prediction i xq[:, i]
+    (None: x_i itself) and its target yq[:, i]. Drawn 64 at a time from one seeded generator whatever
+    batch_size is, so the first k*64 prompts never depend on n_prompts or batch_size."""
     g = torch.Generator().manual_seed(cfg['seed'])
     pending = []
     held = 0
@@ -252,7 +266,8 @@ def errors(fn, plan, variant, cfg, desc):
     """fn's squared errors on every prompt, (n_prompts, positions scored), batch_size prompts at a time"""
     out = []
     total = -(-cfg['n_prompts'] // cfg['batch_size'])
-    for xs, ys, xq, yq in tqdm(prompt_batches(plan, variant, cfg), total=total, desc=desc, leave=False, disable=None):
+    for xs, ys, xq, yq in tqdm(prompt_batches(plan, variant, cfg), total=total, desc=desc, leave=False,
+                               disable=None):
         dev = cfg['device']
         preds = fn(xs.to(dev), ys.to(dev), None if xq is None else xq.to(dev)).float().cpu()
         out.append(sq_err(preds, yq, plan['task']))
@@ -260,10 +275,10 @@ def errors(fn, plan, variant, cfg, desc):
 
 
 def score(err, err0, errb):
-    # paper §6: S = sum_i (xi_model - xi_0) / sum_i (xi_base - xi_0), xi = per-position means over the same prompts.
-    # As the reference's RegressionScore, S = mean over prompts of mean_i(err - xi_0) / den, so SE = std/sqrt(n)/|den|.
-    # One reduction for all three makes S(base) = 1 and S(zero) = 0 exactly. A baseline no better than predicting 0
-    # (den = 0) leaves the score undefined: None, never inf or nan.
+    # paper §6: S = sum_i (xi_model - xi_0) / sum_i (xi_base - xi_0), xi = per-position means over the same
+    # prompts. As the reference's RegressionScore, S = mean over prompts of mean_i(err - xi_0) / den, so
+    # SE = std/sqrt(n)/|den|. One reduction for all three makes S(base) = 1 and S(zero) = 0 exactly. A
+    # baseline no better than predicting 0 (den = 0) leaves the score undefined: None, never inf or nan.
     def per_prompt(e):  # mean over positions
         return e.double().mean(1)
     num = per_prompt(err).mean() - per_prompt(err0).mean()
@@ -315,7 +330,8 @@ def evaluate_run(plan, cfg, cache, baseline_ckpt):
                 c[name] = errors(fn, plan, variant, cfg, f"{name} {variant or task}")
             except ImportError as e:
                 package = PIP_NAMES.get(e.name, e.name)
-                raise UserError(f"baseline {name} needs the optional package {package} (pip install {package})")
+                raise UserError(f"baseline {name} needs the optional package {package} "
+                                f"(pip install {package})")
         results[variant] = dict(c=c, ckpts=[])
     seen_steps = set()
     for path in plan['paths']:  # one model in memory at a time
@@ -343,7 +359,8 @@ def evaluate_run(plan, cfg, cache, baseline_ckpt):
         res = dict(run=plan['run'], arch=rc.get('arch', '?'), trained_task=rc['task'], task=task,
                    variant=variant or 'standard', n_prompts=cfg['n_prompts'], n_points=plan['n_pts'],
                    n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base, positions=positions,
-                   score=r['ckpts'][-1]['score'], zero=curve(c['zero']), baselines=scored, checkpoints=r['ckpts'])
+                   score=r['ckpts'][-1]['score'], zero=curve(c['zero']), baselines=scored,
+                   checkpoints=r['ckpts'])
         with open(os.path.join(plan['out_dir'], f'eval_{tag}.json'), 'w') as f:
             json.dump(_finite(res), f, indent=1, allow_nan=False)
         last = r['ckpts'][-1]
@@ -365,7 +382,8 @@ def draw(curves, res, path, title):
     z = sum(res['zero']['mean']) / len(res['zero']['mean'])  # E[y^2]: the zero predictor sits at 1
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     x = res['positions']
-    trajectory = all(k.startswith('step') for k in curves) and len(curves) > 1  # one run's checkpoints: a ramp
+    # one run's checkpoints: a ramp
+    trajectory = all(k.startswith('step') for k in curves) and len(curves) > 1
     styles = []
     for i, (label, v) in enumerate(curves.items()):
         color = plt.cm.viridis(i / max(1, len(curves) - 1)) if trajectory else f'C{i}'
@@ -379,7 +397,8 @@ def draw(curves, res, path, title):
         ax.plot(x, m, marker='o' if len(x) == 1 else None, label=label, **kw)
         ax.fill_between(x, m - 2.576 * se, m + 2.576 * se, color=kw['color'], alpha=0.2, lw=0)
     ax.axhline(1.0, color='gray', ls=':', lw=1, label='zero')
-    ax.set(xlabel='in-context examples', ylabel='squared error / zero predictor', title=title, ylim=(-0.05, 1.6))
+    ax.set(xlabel='in-context examples', ylabel='squared error / zero predictor', title=title,
+           ylim=(-0.05, 1.6))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -397,8 +416,8 @@ def _suffixes(paths):
 
 
 def row_labels(rows):
-    """one label per row of the score table: the architecture (said to be cross-task when it is), and where two
-    runs would share a label in the same column, their path endings instead"""
+    """one label per row of the score table: the architecture (said to be cross-task when it is), and where
+    two runs would share a label in the same column, their path endings instead"""
     def arch_label(r):
         cross = '' if r['task'] == r['trained_task'] else f" (trained on {r['trained_task']})"
         return r['arch'] + cross
@@ -443,11 +462,14 @@ def write_outputs(rows, prefix, do_plot):
         with open(prefix + ext, 'w') as f:
             f.write('\n'.join(lines) + '\n')
     print(f"wrote {prefix}.md and {prefix}.csv")
-    for t in sorted({r['task'] for r in rows}) if do_plot else ():  # one figure per task: every run's last checkpoint
+    # one figure per task: every run's last checkpoint
+    for t in sorted({r['task'] for r in rows}) if do_plot else ():
         group = [(label, r) for label, r in zip(labels, rows) if r['task'] == t]
         shape = (group[0][1]['n_points'], group[0][1]['n_dims'])
-        group = [(label, r) for label, r in group if (r['n_points'], r['n_dims']) == shape]  # the same prompts
-        draw({label: r['checkpoints'][-1] for label, r in group}, group[0][1], f'{prefix}_{t}.png', COLUMNS.get(t, t))
+        # the same prompts
+        group = [(label, r) for label, r in group if (r['n_points'], r['n_dims']) == shape]
+        draw({label: r['checkpoints'][-1] for label, r in group}, group[0][1], f'{prefix}_{t}.png',
+             COLUMNS.get(t, t))
 
 
 def main(argv):

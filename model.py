@@ -42,8 +42,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalised in fp32 at least (bf16 autocast hands us bf16 activations), as HF's LlamaRMSNorm; for fp32
-        # and fp64 input the cast is a no-op, so full-precision results are those of the plain formula
+        # normalised in fp32 at least (bf16 autocast hands us bf16 activations), as HF's LlamaRMSNorm; for
+        # fp32 and fp64 input the cast is a no-op, so full-precision results are those of the plain formula
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.to(x.dtype) * self.weight
@@ -130,7 +130,8 @@ class MambaMixer(nn.Module):
         self.R = cfg.dt_rank
         self.backend = cfg.scan_backend
         self.in_proj = nn.Linear(C, 2 * di, bias=False)  # x and the gate z
-        self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1)  # depthwise, causal after trim
+        # depthwise, causal after trim
+        self.conv1d = nn.Conv1d(di, di, cfg.d_conv, groups=di, padding=cfg.d_conv - 1)
         self.x_proj = nn.Linear(di, self.R + 2 * self.ds, bias=False)  # (dt_low, B, C), input-dependent
         self.dt_proj = nn.Linear(self.R, di)
         self.A_log = nn.Parameter(torch.empty(di, self.ds))
@@ -139,16 +140,17 @@ class MambaMixer(nn.Module):
 
     def forward(self, x, rope=None):
         T = x.shape[1]
-        x, z = self.in_proj(x).chunk(2, dim=-1)                       # (B, T, di) each
-        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :T])           # (B, di, T); drop the right pad = causal
+        x, z = self.in_proj(x).chunk(2, dim=-1)                    # (B, T, di) each
+        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :T])        # (B, di, T); drop the right pad = causal
         dt, Bm, Cm = self.x_proj(x.transpose(1, 2)).split([self.R, self.ds, self.ds], dim=-1)
-        dt = dt @ self.dt_proj.weight.t()                             # (B, T, di); bias is added inside the scan
-        A = -torch.exp(self.A_log.float())                            # (di, ds), negative: a stable decay
+        dt = dt @ self.dt_proj.weight.t()                          # (B, T, di); bias is added inside the scan
+        A = -torch.exp(self.A_log.float())                         # (di, ds), negative: a stable decay
         # (B, di, T) views of (B, T, .) tensors: the transposes are not copies
+        # deterministic: fixed-order sums on GPU
         y = selective_scan(x, dt.transpose(1, 2), A, Bm.transpose(1, 2), Cm.transpose(1, 2), self.D.float(),
                            z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            backend=self.backend,
-                           deterministic=torch.are_deterministic_algorithms_enabled())  # fixed-order sums on GPU
+                           deterministic=torch.are_deterministic_algorithms_enabled())
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -183,8 +185,8 @@ def _residual_std(cfg):  # GPT-2's scaled init of the projections that write int
 
 
 def init_linears(mod, cfg):
-    """clean rule for a module of Linear layers: N(0, 0.02), and N(0, 0.02 / sqrt(2 n_layer)) for the one named
-    c_proj (it writes into the residual stream). Any new module of Linears can use it."""
+    """clean rule for a module of Linear layers: N(0, 0.02), and N(0, 0.02 / sqrt(2 n_layer)) for the one
+    named c_proj (it writes into the residual stream). Any new module of Linears can use it."""
     for name, linear in mod.named_children():
         _normal(linear, _residual_std(cfg) if name == "c_proj" else STD)
 
@@ -226,8 +228,9 @@ def init_mamba(mod, cfg):
 
 
 def init_mamba_reference(mod, cfg, family):
-    """reference rule: HF MambaModel (pure Mamba) keeps PyTorch-default linears with its dt init and out_proj /
-    sqrt(n_layer); a Mamba block inside the hybrid engine keeps PyTorch defaults throughout (no dt init)."""
+    """reference rule: HF MambaModel (pure Mamba) keeps PyTorch-default linears with its dt init and
+    out_proj / sqrt(n_layer); a Mamba block inside the hybrid engine keeps PyTorch defaults throughout (no
+    dt init)."""
     for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
         linear.reset_parameters()
     mod.conv1d.reset_parameters()
@@ -246,8 +249,9 @@ class Kind:
     init: Callable                     # clean init rule: init(module, cfg)
     init_reference: Callable           # reference_quirks init rule: init_reference(module, cfg, family)
     uses_heads: bool = False           # n_embd must divide into n_head heads
-    # None: a plain residual, x + f(norm(x)). A float s: a scaled one, s x + f(norm(x)), with s = this value under
-    # reference_quirks and 1 without; the multiply stays even at 1 (autograd's sum order, so the bits, follow it)
+    # None: a plain residual, x + f(norm(x)). A float s: a scaled one, s x + f(norm(x)), with s = this value
+    # under reference_quirks and 1 without; the multiply stays even at 1 (autograd's sum order, so the bits,
+    # follow it)
     reference_skip: Optional[float] = None
 
 
@@ -282,7 +286,7 @@ class ModelConfig:
     ffn: str = "gelu"           # an FFNS name: gelu (tanh-GELU MLP) | swiglu | mamba (a Mamba block) | none
     ffn_mult: float = 4.0       # FFN hidden = ffn_mult * C; the reference uses 4 for SwiGLU too (not 8/3)
     mamba_embed: bool = False   # a leading pre-norm Mamba block as "positional embedder" (2.1, 2.3, Park)
-    layer_pattern: str = "A"    # mixer per block, tiled over n_layer: MIXERS letters, A = attention, M = Mamba
+    layer_pattern: str = "A"    # mixer per block, tiled over n_layer: MIXERS letters (A attention, M Mamba)
     # mamba
     d_state: int = 16
     d_conv: int = 4
@@ -293,23 +297,27 @@ class ModelConfig:
     reference_quirks: bool = False
 
     def __post_init__(self):
-        choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS), ("scan_backend", BACKENDS))
+        choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS),
+                   ("scan_backend", BACKENDS))
         for key, allowed in choices:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if not self.layer_pattern or set(self.layer_pattern) - set(MIXERS):
-            raise ValueError(f"layer_pattern={self.layer_pattern!r} must be a non-empty string of the MIXERS letters "
-                             f"({', '.join(MIXERS)})")
+            raise ValueError(f"layer_pattern={self.layer_pattern!r} must be a non-empty string of the "
+                             f"MIXERS letters ({', '.join(MIXERS)})")
         uses_heads = any(MIXERS[letter].uses_heads for letter in self.layer_pattern)
         if uses_heads and self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}")
-        for key in ("n_dims", "y_dim", "n_positions", "n_layer", "n_embd", "n_head", "d_state", "d_conv", "expand"):
+            raise ValueError("RoPE needs an even head size, got "
+                             f"n_embd/n_head = {self.n_embd // self.n_head}")
+        for key in ("n_dims", "y_dim", "n_positions", "n_layer", "n_embd", "n_head", "d_state", "d_conv",
+                    "expand"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.y_dim > self.n_dims:
-            raise ValueError(f"y_dim={self.y_dim} cannot exceed n_dims={self.n_dims} (y tokens are padded to n_dims)")
+            raise ValueError(f"y_dim={self.y_dim} cannot exceed n_dims={self.n_dims} "
+                             "(y tokens are padded to n_dims)")
         if self.dt_rank == 0:
             self.dt_rank = math.ceil(self.n_embd / 16)
 
@@ -349,8 +357,8 @@ class Block(nn.Module):
 
 
 def _rename_mamba_ffn_keys(module, state_dict, prefix, *args):
-    # checkpoints written before the MIXERS / FFNS tables held a Mamba FFN as h.<i>.ffn.norm and h.<i>.ffn.mixer:
-    # today that norm is h.<i>.ln_2 and the mixer h.<i>.ffn (same tensors, same math)
+    # checkpoints written before the MIXERS / FFNS tables held a Mamba FFN as h.<i>.ffn.norm and
+    # h.<i>.ffn.mixer: today that norm is h.<i>.ln_2 and the mixer h.<i>.ffn (same tensors, same math)
     for key in list(state_dict):
         m = re.fullmatch(rf"{re.escape(prefix)}h\.(\d+)\.ffn\.(norm|mixer)\.(.+)", key)
         if m:
@@ -386,7 +394,8 @@ class ICLModel(nn.Module):
         if self.wpe is not None and N > self.cfg.n_positions:
             raise ValueError(f"prompt has {N} points but the learned position table holds "
                              f"n_positions={self.cfg.n_positions}")
-        z = torch.stack((xs, F.pad(ys, (0, d - ys.shape[-1]))), dim=2)  # (B, N, 2, d): x_i then [y_i, 0, ..., 0]
+        # (B, N, 2, d): x_i then [y_i, 0, ..., 0]
+        z = torch.stack((xs, F.pad(ys, (0, d - ys.shape[-1]))), dim=2)
         h = self.read_in(rearrange(z, "b n two d -> b (n two) d"))     # (B, T, C)
         T = h.shape[1]
         if self.wpe is not None:
@@ -461,8 +470,9 @@ def _init_walk(model, rules, position_std):
         covered.update(id(p) for p in mod.parameters())
     for name, p in model.named_parameters():
         if id(p) not in covered:
-            raise RuntimeError(f"no init rule covers parameter {name!r}: give its module's row in model.py's MIXERS "
-                               "or FFNS table an init and init_reference rule (init_linears fits a module of Linears)")
+            raise RuntimeError(f"no init rule covers parameter {name!r}: give its module's row in model.py's "
+                               "MIXERS or FFNS table an init and init_reference rule "
+                               "(init_linears fits a module of Linears)")
 
 
 def _table_kinds():
@@ -472,8 +482,8 @@ def _table_kinds():
 @torch.no_grad()
 def init_clean(model):
     """the default, one rule for every family: weights N(0, 0.02), biases 0, residual-output projections
-    (c_proj, Mamba out_proj) N(0, 0.02 / sqrt(2 n_layer)), learned positions N(0, 0.02), Mamba A_log = log(1..ds),
-    D = 1 and the dt init, conv1d and read-in/out PyTorch defaults."""
+    (c_proj, Mamba out_proj) N(0, 0.02 / sqrt(2 n_layer)), learned positions N(0, 0.02), Mamba A_log =
+    log(1..ds), D = 1 and the dt init, conv1d and read-in/out PyTorch defaults."""
     rules = {kind.module: functools.partial(kind.init, cfg=model.cfg) for kind in _table_kinds() if kind.init}
     _init_walk(model, rules, position_std=STD)
 

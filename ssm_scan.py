@@ -70,7 +70,8 @@ def _shape(t):
 def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None):
     """raise ValueError for an argument of the wrong rank, shape, dtype or device."""
     def fail(name, t, expected):
-        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; expected {expected}")
+        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; "
+                         f"expected {expected}")
     floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.dtype not in floats:
         raise ValueError(f"selective_scan: u must be a real floating (b, d, l) tensor, got "
@@ -107,15 +108,17 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None):
 # pure-PyTorch reference
 
 def _chunk_len(b, d, n, l, cuda=False):
-    # time steps per chunk: (T, b, d, n) buffers of ~1M elements on CPU stay in cache across passes (1.5x vs 16M);
-    # GPU 16M. At least l/16 steps, so the saved chunk-start states stay within 16 * b*d*n however large b*d*n gets.
+    # time steps per chunk: (T, b, d, n) buffers of ~1M elements on CPU stay in cache across passes (1.5x vs
+    # 16M); GPU 16M. At least l/16 steps, so the saved chunk-start states stay within 16 * b*d*n however large
+    # b*d*n gets.
     per_chunk = (1 << (24 if cuda else 20)) // max(1, b * d * n)
     return max(1, min(l, max(-(-l // 16), per_chunk)))
 
 
 def _chunk(h, u, dt, A, B):
     # one chunk from its incoming state h (b, d, n); u, dt (T, b, d), B (T, b, n) -> decays, inputs, states,
-    # each (T, b, d, n), and the outgoing state. The backward calls it again to recompute what the forward dropped.
+    # each (T, b, d, n), and the outgoing state. The backward calls it again to recompute what the forward
+    # dropped.
     dA = torch.exp(dt[..., None] * A)
     dBu = (dt * u)[..., None] * B[:, :, None, :]
     hs = torch.empty_like(dA)
@@ -167,7 +170,8 @@ class _ScanTorch(torch.autograd.Function):
             s = c * T
             e = min(s + T, l)
             dAc, dBu, hs, _ = _chunk(h0[c], u[s:e], dt[s:e], A, B[s:e])  # recompute, don't store
-            dC[s:e] = sum_over_d(gy[s:e], hs)   # bmm and mul-then-sum below: einsum copies here, ~3x slower on CPU
+            # bmm and mul-then-sum below: einsum copies here, ~3x slower on CPU
+            dC[s:e] = sum_over_d(gy[s:e], hs)
             dh = gy[s:e, :, :, None] * C[s:e, :, None, :]                 # direct grad into h[t]
             for t in reversed(range(e - s)):                              # dh[t] = gh[t] + a[t+1] dh[t+1]
                 dh[t] += dh_next
@@ -268,13 +272,15 @@ template <typename T> struct Rows {
 };
 struct Dims { int64_t b, d, l, n, threads, softplus; };
 
-// exp(x) the compiler can vectorise (a libm call would not be): x = k ln2 + r with |r| <= ln2 / 2, e^r by its
-// Taylor series to r^6 (relative error < 3e-7), 2^k written into the exponent bits. 0 below -87, e^88 above 88.
+// exp(x) the compiler can vectorise (a libm call would not be): x = k ln2 + r with |r| <= ln2 / 2, e^r by
+// its Taylor series to r^6 (relative error < 3e-7), 2^k written into the exponent bits. 0 below -87, e^88
+// above 88.
 static inline float fast_exp(float x) {
     const float xc = std::min(std::max(x, -87.0f), 88.0f);
     const float k = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest: the 1.5 * 2^23 trick
     const float r = (xc - k * 0.693145752f) - k * 1.42860677e-6f;     // ln 2 in two parts, for an exact k ln2
-    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r / 720)))));
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
+        r / 720)))));
     const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof scale);
@@ -282,7 +288,8 @@ static inline float fast_exp(float x) {
 }
 static inline double fast_exp(double x) { return std::exp(x); }
 
-// log(1 + w) for w in [0, 1], as 2 atanh(s) with s = w / (2 + w) <= 1/3: exact to fp32 rounding even for tiny w
+// log(1 + w) for w in [0, 1], as 2 atanh(s) with s = w / (2 + w) <= 1/3: exact to fp32 rounding even for
+// tiny w
 static inline float log1p_unit(float w) {
     const float s = w / (2.0f + w);
     const float s2 = s * s;
@@ -291,8 +298,8 @@ static inline float log1p_unit(float w) {
     return 2.0f * s * series;
 }
 
-// softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), the identity above 20 (as F.softplus); its derivative
-// is sigmoid(x)
+// softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), the identity above 20 (as F.softplus); its
+// derivative is sigmoid(x)
 static inline float softplus(float x) {
     const float sp = std::max(x, 0.0f) + log1p_unit(fast_exp(-std::fabs(x)));
     return x > 20.0f ? x : sp;
@@ -325,8 +332,8 @@ static void for_each_row(const Dims& m, F body) {
     for (auto& thread : pool) thread.join();
 }
 
-// dt = softplus(delta + bias) (or delta + bias) for one row of a channel block; dsp (if asked) its derivative.
-// Each case its own branch-free loop, so that the compiler vectorises it
+// dt = softplus(delta + bias) (or delta + bias) for one row of a channel block; dsp (if asked) its
+// derivative. Each case its own branch-free loop, so that the compiler vectorises it
 template <typename T>
 static inline void time_step(const Dims& m, const T* delta, const T* bias, int64_t bd, T* dt, T* dsp) {
     T r[BD];
@@ -381,7 +388,8 @@ static void forward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> 
                 T dt[BD];
                 T x[BD];
                 T y[BD] = {};
-                time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt, static_cast<T*>(nullptr));
+                time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt,
+                          static_cast<T*>(nullptr));
                 for (int64_t j = 0; j < bd; j++) x[j] = dt[j] * ut[j];
                 lanes(bd, [&](auto width) {
                     for (int64_t n = 0; n < N; n++) {
@@ -389,27 +397,31 @@ static void forward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> 
                         T* hn = h[n];
                         #pragma omp simd
                         for (int64_t j = 0; j < width; j++) {
-                            hn[j] = fast_exp(dt[j] * An[j]) * hn[j] + x[j] * Bt[n];  // h[t] = a[t] h[t-1] + x[t]
-                            y[j] += Ct[n] * hn[j];                                   // y[t] = sum_n C[n,t] h[t]
+                            // h[t] = a[t] h[t-1] + x[t]
+                            hn[j] = fast_exp(dt[j] * An[j]) * hn[j] + x[j] * Bt[n];
+                            // y[t] = sum_n C[n,t] h[t]
+                            y[j] += Ct[n] * hn[j];
                         }
                     }
                 });
-                gate(bd, y, ut, D ? D + d0 : nullptr, z.p ? z.at(b, t) + d0 : nullptr, out + (b * L + t) * Dn + d0);
+                gate(bd, y, ut, D ? D + d0 : nullptr, z.p ? z.at(b, t) + d0 : nullptr,
+                     out + (b * L + t) * Dn + d0);
             }
             for (int64_t n = 0; n < N; n++) std::memcpy(last + (b * N + n) * Dn + d0, h[n], bd * sizeof(T));
         }
     });
 }
 
-// the backward (the derivation is in ssm_scan.py). g, du, ddelta, dz: (b, l, d). parts: (b, n + 2, d) per-row
-// partials of dA | dD | dbias. dB, dC: (b, l, n), zeroed by the caller.
+// the backward (the derivation is in ssm_scan.py). g, du, ddelta, dz: (b, l, d). parts: (b, n + 2, d)
+// per-row partials of dA | dD | dbias. dB, dC: (b, l, n), zeroed by the caller.
 template <typename T>
-static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, Rows<const T> g, const T* At,
-                     const T* B, const T* C, const T* D, const T* bias, const T* states, T* du, T* ddelta, T* dz,
-                     T* parts, T* dB, T* dC) {
+static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, Rows<const T> g,
+                     const T* At, const T* B, const T* C, const T* D, const T* bias, const T* states, T* du,
+                     T* ddelta, T* dz, T* parts, T* dB, T* dC) {
     const int64_t Dn = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
     for_each_row(m, [&](int64_t b) {
-        std::vector<T> window(2 * K * MAXN * BD + 2 * K * BD);  // one chunk's recomputed states, decays, dt, dsp
+        // one chunk's recomputed states, decays, dt, dsp
+        std::vector<T> window(2 * K * MAXN * BD + 2 * K * BD);
         auto hs = reinterpret_cast<T (*)[MAXN][BD]>(window.data());
         auto as = reinterpret_cast<T (*)[MAXN][BD]>(window.data() + K * MAXN * BD);
         auto dts = reinterpret_cast<T (*)[BD]>(window.data() + 2 * K * MAXN * BD);
@@ -431,7 +443,8 @@ static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T>
                     lanes(bd, [&](auto width) {
                         for (int64_t n = 0; n < N; n++) {
                             const T* An = At + n * Dn + d0;
-                            const T* hp = t == s ? states + ((b * chunks + c) * N + n) * Dn + d0 : hs[t - s - 1][n];
+                            const T* hp = t == s ? states + ((b * chunks + c) * N + n) * Dn + d0
+                                                 : hs[t - s - 1][n];
                             T* ht = hs[t - s][n];
                             T* at = as[t - s][n];
                             #pragma omp simd
@@ -475,7 +488,8 @@ static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T>
                         #pragma omp simd reduction(+:sum_dB, sum_dC)
                         for (int64_t j = 0; j < width; j++) {
                             const T dh = ybar[j] * Ct[n] + dhn[j];
-                            const T q = dh * (ht[j] - x[j] * Bt[n]);  // dh[t] a[t] h[t-1], as dh (h[t] - x[t])
+                            // dh[t] a[t] h[t-1], as dh (h[t] - x[t])
+                            const T q = dh * (ht[j] - x[j] * Bt[n]);
                             y[j] += Ct[n] * ht[j];
                             sum_dC += ybar[j] * ht[j];
                             sum_dB += dh * x[j];
@@ -484,7 +498,8 @@ static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T>
                             dAn[j] += q * dt[j];
                             dhn[j] = at[j] * dh;
                         }
-                        dB[(b * L + t) * N + n] += sum_dB;  // channel blocks in order: one writer, fixed order
+                        // channel blocks in order: one writer, fixed order
+                        dB[(b * L + t) * N + n] += sum_dB;
                         dC[(b * L + t) * N + n] += sum_dC;
                     }
                     });
@@ -524,20 +539,20 @@ static void sum_rows(int64_t rows, int64_t size, const T* parts, T* out) {
         for (int64_t i = 0; i < size; i++) out[i] += parts[r * size + i];
 }
 
-#define ENTRY_POINTS(T, SUFFIX)                                                                                 \
-    extern "C" void forward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,           \
-                                     const T* At, const T* B, const T* C, const T* D, const T* bias, T* out,    \
-                                     T* states, T* last) {                                                      \
-        forward<T>(m, u, delta, z, At, B, C, D, bias, out, states, last);                                       \
-    }                                                                                                           \
-    extern "C" void backward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,          \
-                                      Rows<const T> g, const T* At, const T* B, const T* C, const T* D,         \
-                                      const T* bias, const T* states, T* du, T* ddelta, T* dz, T* parts,         \
-                                      T* dB, T* dC) {                                                            \
-        backward<T>(m, u, delta, z, g, At, B, C, D, bias, states, du, ddelta, dz, parts, dB, dC);               \
-    }                                                                                                           \
-    extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {                    \
-        sum_rows<T>(rows, size, parts, out);                                                                    \
+#define ENTRY_POINTS(T, SUFFIX)                                                                         \
+    extern "C" void forward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,     \
+                                     const T* At, const T* B, const T* C, const T* D, const T* bias,    \
+                                     T* out, T* states, T* last) {                                      \
+        forward<T>(m, u, delta, z, At, B, C, D, bias, out, states, last);                               \
+    }                                                                                                   \
+    extern "C" void backward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,    \
+                                      Rows<const T> g, const T* At, const T* B, const T* C, const T* D, \
+                                      const T* bias, const T* states, T* du, T* ddelta, T* dz,          \
+                                      T* parts, T* dB, T* dC) {                                         \
+        backward<T>(m, u, delta, z, g, At, B, C, D, bias, states, du, ddelta, dz, parts, dB, dC);       \
+    }                                                                                                   \
+    extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {             \
+        sum_rows<T>(rows, size, parts, out);                                                            \
     }
 ENTRY_POINTS(float, f32)
 ENTRY_POINTS(double, f64)
@@ -585,7 +600,8 @@ def _cpu_library():
         if _cpu_lib is not None:
             return _cpu_lib
         isa, isa_flags = _cpu_flags()
-        flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-fno-trapping-math", *isa_flags]
+        flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-fno-trapping-math",
+                 *isa_flags]
         key = hashlib.sha256((_CPU_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
         path = os.path.join(_cpu_cache_dir(), f"ssm_scan_cpu-{key}-{isa}.so")
         if not os.path.exists(path):
@@ -604,7 +620,8 @@ def _cpu_library():
                     if r.returncode != 0:
                         last = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
                         raise CPUBuildError(f"{compiler} failed (exit {r.returncode}): {last}")
-                    os.replace(built, path)  # atomic: processes building at once never load a half-written file
+                    # atomic: processes building at once never load a half-written file
+                    os.replace(built, path)
             except (OSError, subprocess.SubprocessError) as e:
                 raise CPUBuildError(f"cannot build in {os.path.dirname(path)}: {e}") from e
         try:
@@ -623,8 +640,9 @@ def _ptr(t):
 
 
 def _rows(x):
-    # a (b, d, l) tensor as the C code's Rows: its storage needs unit stride over d. model.py's delta and z are such
-    # views of (b, l, .) Linear outputs already (no copy); anything else is copied once, as (b, l, d)
+    # a (b, d, l) tensor as the C code's Rows: its storage needs unit stride over d. model.py's delta and z
+    # are such views of (b, l, .) Linear outputs already (no copy); anything else is copied once, as
+    # (b, l, d)
     if x.stride(1) != 1:
         x = x.transpose(1, 2).contiguous().transpose(1, 2)
     return x, _Rows(x.data_ptr(), x.stride(0), x.stride(2))
@@ -639,8 +657,8 @@ def _vector_ptr(x):
 
 
 class _ScanCPU(torch.autograd.Function):
-    """the whole of selective_scan in two C calls: bias and softplus, the recurrence, the D skip and the z gate
-    forward; all their gradients backward"""
+    """the whole of selective_scan in two C calls: bias and softplus, the recurrence, the D skip and the z
+    gate forward; all their gradients backward"""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
@@ -653,7 +671,8 @@ class _ScanCPU(torch.autograd.Function):
         delta, delta_rows = _rows(delta.to(acc))
         z, z_rows = (None, _absent()) if z is None else _rows(z.to(acc))
         At = A.to(acc).t().contiguous()           # (n, d)
-        Bt = B.to(acc).transpose(1, 2).contiguous()  # (b, l, n): a view of model.py's x_proj output, no copy there
+        # (b, l, n): a view of model.py's x_proj output, no copy there
+        Bt = B.to(acc).transpose(1, 2).contiguous()
         Ct = C.to(acc).transpose(1, 2).contiguous()
         D = None if D is None else D.to(acc).contiguous()
         bias = None if bias is None else bias.to(acc).contiguous()
@@ -662,8 +681,8 @@ class _ScanCPU(torch.autograd.Function):
         last = u.new_empty(b, n, d)
         dims = _Dims(b, d, l, n, torch.get_num_threads(), int(softplus))
         entry = lib.forward_f64 if acc == torch.float64 else lib.forward_f32
-        entry(dims, u_rows, delta_rows, z_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D), _vector_ptr(bias),
-              _ptr(out), _ptr(states), _ptr(last))
+        entry(dims, u_rows, delta_rows, z_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D),
+              _vector_ptr(bias), _ptr(out), _ptr(states), _ptr(last))
         ctx.save_for_backward(u, delta, z, At, Bt, Ct, D, bias, states)
         ctx.softplus = softplus
         last = last.transpose(1, 2)  # (b, d, n)
@@ -688,11 +707,12 @@ class _ScanCPU(torch.autograd.Function):
         dims = _Dims(b, d, l, n, torch.get_num_threads(), int(ctx.softplus))
         f64 = u.dtype == torch.float64
         entry = lib.backward_f64 if f64 else lib.backward_f32
-        entry(dims, _Rows(u.data_ptr(), u.stride(0), u.stride(2)), _Rows(delta.data_ptr(), delta.stride(0),
-              delta.stride(2)), z_rows, g_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D), _vector_ptr(bias),
-              _ptr(states), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(parts), _ptr(dB), _ptr(dC))
-        (lib.sum_rows_f64 if f64 else lib.sum_rows_f32)(ctypes.c_int64(b), ctypes.c_int64((n + 2) * d), _ptr(parts),
-                                                        _ptr(sums))
+        entry(dims, _Rows(u.data_ptr(), u.stride(0), u.stride(2)),
+              _Rows(delta.data_ptr(), delta.stride(0), delta.stride(2)), z_rows, g_rows, _ptr(At), _ptr(Bt),
+              _ptr(Ct), _vector_ptr(D), _vector_ptr(bias), _ptr(states), _ptr(du), _ptr(ddelta), _ptr(dz),
+              _ptr(parts), _ptr(dB), _ptr(dC))
+        (lib.sum_rows_f64 if f64 else lib.sum_rows_f32)(ctypes.c_int64(b), ctypes.c_int64((n + 2) * d),
+                                                        _ptr(parts), _ptr(sums))
         du_t, ddelta_t, dA_t, dB_t, dC_t, dD_t, dz_t, dbias_t = ctx.dtypes
         grads = (du.transpose(1, 2).to(du_t), ddelta.transpose(1, 2).to(ddelta_t), sums[:n].t().to(dA_t),
                  dB.transpose(1, 2).to(dB_t), dC.transpose(1, 2).to(dC_t),
@@ -723,7 +743,8 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # `python ssm_scan.py` without a GPU: use the interpreter
-HAS_TRITON = importlib.util.find_spec("triton") is not None  # optional: CPU users train with the other backends
+# optional: CPU users train with the other backends
+HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
     import triton
     import triton.language as tl
@@ -744,7 +765,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _dt(ptr, s, b, d, t, mask, bias, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
-        # softplus(delta + bias) and its derivative. 0 outside mask: a = 1, x = 0, padding passes h through (mamba#368)
+        # softplus(delta + bias) and its derivative. 0 outside mask: a = 1, x = 0, padding passes h through
+        # (mamba#368)
         r = _tile(ptr, s, b, d, t, mask, ACC) + bias[:, None]
         sp = r
         dsp = tl.full(r.shape, 1.0, ACC)
@@ -753,13 +775,14 @@ if HAS_TRITON:
             p = 1.0 + w
             log1p_w = tl.where(p == 1.0, w, tl.log(p) * (w / tl.where(p == 1.0, 1.0, p - 1.0)))
             sp = tl.where(r > 20.0, r, log1p_w)
-            dsp = tl.where(r > 20.0, 1.0, tl.sigmoid(r))  # identity above 20, like F.softplus and mamba's kernel
+            # identity above 20, like F.softplus and mamba's kernel
+            dsp = tl.where(r > 20.0, 1.0, tl.sigmoid(r))
         return tl.where(mask, sp, 0.0), dsp
 
     @triton.jit
     def _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok, sA, sB, ACC: tl.constexpr):
-        # the scan's two inputs for state n over the chunk, a = exp(dt A) and x = dt u B, with the incoming state
-        # h0 folded into step 0, and the recurrence h[t] = a[t] h[t-1] + x[t] run as an associative scan
+        # the scan's two inputs for state n over the chunk, a = exp(dt A) and x = dt u B, with the incoming
+        # state h0 folded into step 0, and the recurrence h[t] = a[t] h[t-1] + x[t] run as an associative scan
         A = tl.load(A_ptr + d * sA[0] + n * sA[1], mask=dmask, other=0.0).to(ACC)             # (BD,)
         A2 = A * 1.4426950408889634  # exp(dt A) as exp2(dt A log2 e): a multiply less, as mamba's CUDA kernel
         Bn = tl.load(B_ptr + b * sB[0] + n * sB[1] + t * sB[2], mask=tok, other=0.0).to(ACC)  # (BT,)
@@ -770,8 +793,8 @@ if HAS_TRITON:
         return A, A2, Bn, a, x, h
 
     @triton.jit(do_not_specialize=["L"])
-    def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr, out_ptr, last_ptr,
-                         L, N, n_ch, su, sdt, sz, so, sB, sC, sA, sst,
+    def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr, out_ptr,
+                         last_ptr, L, N, n_ch, su, sdt, sz, so, sB, sC, sA, sst,
                          HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr,
                          BD: tl.constexpr, BT: tl.constexpr, NP: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
@@ -834,7 +857,8 @@ if HAS_TRITON:
             u = _tile(u_ptr, su, b, d, t, mask, ACC)
             dt, dsp = _dt(dt_ptr, sdt, b, d, t, mask, bias, SOFTPLUS, ACC)
             # dt[t+1] gives a[t+1] for the adjoint: reloaded (an L1 hit) rather than shifted in registers
-            dt_next = _dt(dt_ptr, sdt, b, d, t + 1, dmask[:, None] & (t + 1 < L)[None, :], bias, SOFTPLUS, ACC)[0]
+            dt_next = _dt(dt_ptr, sdt, b, d, t + 1, dmask[:, None] & (t + 1 < L)[None, :], bias, SOFTPLUS,
+                          ACC)[0]
             dtu = dt * u
             g = _tile(g_ptr, sg, b, d, t, mask, ACC)
             if HAS_Z:
@@ -848,11 +872,12 @@ if HAS_TRITON:
             S2 = tl.zeros((BD, BT), ACC)  # sum_n dh A (h - x)
             for n in range(N):
                 h0 = tl.load(st_ptr + b * sst[0] + d * sst[1] + c * sst[2] + n, mask=dmask, other=0.0)
-                A, A2, Bn, a, x, h = _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok, sA, sB,
-                                                  ACC)
+                A, A2, Bn, a, x, h = _decay_input(dt, dtu, h0, A_ptr, B_ptr, b, d, n, t, pos, dmask, tok,
+                                                  sA, sB, ACC)
                 Cn = tl.load(C_ptr + b * sC[0] + n * sC[1] + t * sC[2], mask=tok, other=0.0).to(ACC)
                 y += h * Cn[None, :]
-                # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the right neighbour's term enters at the last step
+                # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the right neighbour's term enters at the
+                # last step
                 dh_in = tl.where(pos[None, :] == BT - 1, _pick(dh_next, ns, n)[:, None], 0.0)
                 gh = ybar * Cn[None, :] + dh_in
                 dh = tl.associative_scan((tl.exp2(dt_next * A2[:, None]), gh), 1, _combine, reverse=True)[1]
@@ -861,7 +886,8 @@ if HAS_TRITON:
                 S2 += A[:, None] * q
                 dA = tl.where(ns[None, :] == n, dA + tl.sum(dt * q, 1)[:, None], dA)
                 dh_next = tl.where(ns[None, :] == n, _pick(a * dh, pos, 0)[:, None], dh_next)
-                offs = part + (b * N + n) * L + t  # dB, dC: atomics across channel blocks (DET: one writer each)
+                # dB, dC: atomics across channel blocks (DET: one writer each)
+                offs = part + (b * N + n) * L + t
                 tl.atomic_add(dB_ptr + offs, tl.sum(dh * dtu, 0), mask=tok, sem="relaxed")
                 tl.atomic_add(dC_ptr + offs, tl.sum(h * ybar, 0), mask=tok, sem="relaxed")
             y += Dd[:, None] * u
@@ -881,9 +907,9 @@ if HAS_TRITON:
         tl.store(dW_ptr + w + N, dD, mask=dmask)
         tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
-# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while writing
-# this): the picks of the design notes in docs/scan.md, compiled ahead of time for sm_90 (b=64 d=1024 n=16, fp32
-# and bf16) with no register spills beyond 8 bytes in one variant.
+# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while
+# writing this): the picks of the design notes in docs/scan.md, compiled ahead of time for sm_90 (b=64 d=1024
+# n=16, fp32 and bf16) with no register spills beyond 8 bytes in one variant.
 _TILES = {True: (32, (16, 4), (16, 4)), False: (128, (4, 4), (4, 4))}
 
 
@@ -900,8 +926,8 @@ def _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan):
     last = st.new_empty(b, nd, n)
     z_or_u = u if z is None else z  # absent z: any valid pointer, never read
     _scan_fwd_kernel[(b, triton.cdiv(nd, BD))](
-        u, delta, z_or_u, B, C, A, D, bias, st, out, last, l, n, nd, u.stride(), delta.stride(), z_or_u.stride(),
-        out.stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
+        u, delta, z_or_u, B, C, A, D, bias, st, out, last, l, n, nd, u.stride(), delta.stride(),
+        z_or_u.stride(), out.stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
         HAS_Z=z is not None, SOFTPLUS=softplus, ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
         BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps,
         enable_fp_fusion=True)  # fusion pinned: Triton 3.10 flips the default
@@ -922,9 +948,10 @@ def _triton_backward(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
     z_or_u = u if z is None else z
     _scan_bwd_kernel[(b, triton.cdiv(nd, BD))](
         u, delta, z_or_u, g, B, C, A, D, bias, st, du, ddelta, dz, dBC[0], dBC[1], dW, l, n, nd, b * n * l,
-        u.stride(), delta.stride(), z_or_u.stride(), g.stride(), du.stride(), B.stride(), C.stride(), A.stride(),
-        st.stride()[:3],
-        HAS_Z=z is not None, SOFTPLUS=softplus, DET=det, ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
+        u.stride(), delta.stride(), z_or_u.stride(), g.stride(), du.stride(), B.stride(), C.stride(),
+        A.stride(), st.stride()[:3],
+        HAS_Z=z is not None, SOFTPLUS=softplus, DET=det,
+        ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
         BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps, enable_fp_fusion=True)
     dB, dC = dBC.sum(1)
     dW = dW.sum(0)  # dA | dD | dbias
@@ -948,10 +975,12 @@ def _torch_grads(u, delta, A, B, C, D, z, bias, softplus, g):
 class _ScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, bias, softplus, det, auto):
-        chan = delta.stride(1) == 1 and delta.stride(2) != 1  # a transposed (b, l, d) Linear output, as in model.py
+        # a transposed (b, l, d) Linear output, as in model.py
+        chan = delta.stride(1) == 1 and delta.stride(2) != 1
         b, nd, l = u.shape
         acc = torch.promote_types(torch.float32, u.dtype)
-        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), A.shape[1], dtype=acc)  # states at chunk starts
+        # states at chunk starts
+        st = u.new_empty(b, nd, triton.cdiv(l, _TILES[chan][0]), A.shape[1], dtype=acc)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, st)
         ctx.cfg = softplus, det, chan, auto
         out, last = _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan)
@@ -974,10 +1003,11 @@ class _ScanTriton(torch.autograd.Function):
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                           return_last_state=False, deterministic=False, auto=False):
     """The Triton backend: CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before import. auto=True:
-    a backward kernel that fails falls back to the torch backend's grads (the forward is handled by the caller)."""
+    a backward kernel that fails falls back to the torch backend's grads (the forward is handled by the
+    caller)."""
     if not HAS_TRITON or (u.device.type != "cuda" and not INTERPRET):
-        raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set before "
-                           "ssm_scan is imported (CPU tensors run in the interpreter)")
+        raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set "
+                           "before ssm_scan is imported (CPU tensors run in the interpreter)")
 
     def vector(x):  # D, bias (d,) with stride 1; absent ones as zeros (they get grads, which are dropped)
         return u.new_zeros(u.shape[1], dtype=A.dtype) if x is None else x.contiguous()
@@ -1037,7 +1067,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return selective_scan_torch(*args)
 
 # -----------------------------------------------------------------------------
-# `python ssm_scan.py`: the kernels vs the fp64 reference (output and every grad), then a Markdown timing table
+# `python ssm_scan.py`: the kernels vs the fp64 reference (output and every grad), then a Markdown timing
+# table
 
 def _case(b, d, l, n, dtype, device, seed=0):
     # model.py's layout: u, delta, z transposed (b, l, d) activations; B, C slices of one (b, l, 2n) tensor
@@ -1060,11 +1091,12 @@ def _run(fn, x, g, **kw):  # [out, grads of every input]
 
 
 def bench(fn, x, g, reps):
-    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock around
-    a device sync, ~10 us included), GB/s uses the minimal traffic of a fused kernel (docs/scan.md), MB held from
-    forward to backward and at peak (CUDA only)"""
+    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock
+    around a device sync, ~10 us included), GB/s uses the minimal traffic of a fused kernel (docs/scan.md),
+    MB held from forward to backward and at peak (CUDA only)"""
     res, (b, d, l), n, e = [], g.shape, x["A"].shape[1], g.element_size()
-    traffic = [e * (4 * b * d * l + 2 * b * n * l), e * (11 * b * d * l + 4 * b * n * l) + 8 * b * n * l]  # bytes
+    # bytes
+    traffic = [e * (4 * b * d * l + 2 * b * n * l), e * (11 * b * d * l + 4 * b * n * l) + 8 * b * n * l]
     sync = torch.cuda.synchronize if g.is_cuda else (lambda: None)
     steps = (lambda: fn(**x, delta_softplus=True), lambda: _run(fn, x, g))
     for step, nbytes in zip(steps, traffic):
@@ -1108,7 +1140,8 @@ if __name__ == "__main__":
     triton_version = triton.__version__ if HAS_TRITON else "-"
     where = torch.cuda.get_device_name() if cuda else (
         "NO CUDA GPU: Triton timings NOT measured; the Triton kernel runs in the interpreter at a tiny shape")
-    print(f"torch {torch.__version__}, triton {triton_version}, {torch.get_num_threads()} CPU threads, {where}\n")
+    print(f"torch {torch.__version__}, triton {triton_version}, {torch.get_num_threads()} CPU threads, "
+          f"{where}\n")
     fp32_bf16 = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
     triton_check = [("triton", selective_scan_triton, fp32_bf16)] if HAS_TRITON else []
     if cuda:
@@ -1119,19 +1152,21 @@ if __name__ == "__main__":
         cpu_cases = [(torch.float32, False), (torch.float64, False), (torch.bfloat16, False)]
         _check_table([("cpu", selective_scan_cpu, cpu_cases)], (4, 70, 90, 16), "cpu")
     if cuda:
-        fns = dict(triton=(selective_scan_triton, 50), torch=(selective_scan_torch, 50), naive=(selective_scan_naive, 5))
+        fns = dict(triton=(selective_scan_triton, 50), torch=(selective_scan_torch, 50),
+                   naive=(selective_scan_naive, 5))
         try:
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
             fns["mamba_ssm"] = (selective_scan_fn, 50)
         except Exception as e:  # expected without a CUDA build of mamba-ssm
             print(f"\nmamba_ssm: no comparison ({type(e).__name__}: {e})")
-        rows = [(64, d, l, dt) for d in (1024, 512) for dt in (torch.float32, torch.bfloat16) for l in (82, 202, 282)]
+        rows = [(64, d, l, dt) for d in (1024, 512) for dt in (torch.float32, torch.bfloat16)
+                for l in (82, 202, 282)]
     else:  # the study's small Mamba (E 64, 22 tokens) and the paper's (E 256, 82 tokens), fp32
         fns = dict(torch=(selective_scan_torch, 5), cpu=(selective_scan_cpu, 5))
         rows = [(64, 256, 22, torch.float32), (64, 1024, 82, torch.float32)]
     dev = "cuda" if cuda else "cpu"
-    print("\n| b | d | L | dtype | backend | reps | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | act MB | peak MB | "
-          "fwd+bwd speedup vs torch |\n" + "|---" * 13 + "|")
+    print("\n| b | d | L | dtype | backend | reps | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | "
+          "act MB | peak MB | fwd+bwd speedup vs torch |\n" + "|---" * 13 + "|")
     for b, d, l, dtype in rows:
         x, g = _case(b, d, l, 16, dtype, dev)
         timings = {k: bench(fn, x, g, reps) for k, (fn, reps) in fns.items()}

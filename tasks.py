@@ -29,7 +29,8 @@ def _subset(batch_size, n, k, generator):
 
 # -----------------------------------------------------------------------------
 # samplers: one function per task, sampler(B, N, d, d_act, g, **params) -> xs (B, N, d), ys (B, N, y_dim),
-# float32 on the CPU. d is the model's x dimension, d_act <= d the curriculum's active dims (the rest are zero).
+# float32 on the CPU. d is the model's x dimension, d_act <= d the curriculum's active dims (the rest are
+# zero).
 
 def _gaussian_x(B, N, d, d_act, g):
     # the four Garg regression tasks: x ~ N(0, I_d), inactive coordinates zeroed before f is applied
@@ -128,13 +129,16 @@ def _trained_length(cfg):
 @dataclass(frozen=True)
 class Task:
     sampler: Callable               # sampler(B, N, d, d_act, generator, **params) -> xs, ys (above)
-    score_baseline: str             # the score's baseline: a baselines.BASELINES name, or "model" (a trained run)
+    # the score's baseline: a baselines.BASELINES name, or "model" (a trained run)
+    score_baseline: str
     plot_baselines: tuple           # the classical curves drawn next to a model's
-    fallback_baseline: str = ""     # score_baseline "model" without --baseline_run: this classical one instead
+    # score_baseline "model" without --baseline_run: this classical one instead
+    fallback_baseline: str = ""
     y_dim: Callable = _one          # n_dims -> the width of y
     predict_last: bool = False      # trained and scored on the final (query) point only
     noise: bool = True              # takes noise_std (training noise on y)
-    eval_points: Callable = _trained_length  # run config -> the evaluation prompts' length (default: the trained one)
+    # run config -> the evaluation prompts' length (default: the trained one)
+    eval_points: Callable = _trained_length
 
 
 TASKS = {

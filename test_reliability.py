@@ -733,3 +733,53 @@ def test_repository_cites_only_files_and_sections_it_holds():
             assert re.search(rf"^#+ §{re.escape(number.rstrip('.'))}\b", doc, re.M), f"{path} has no §{number}"
     text = open(os.path.join(ROOT, "README.md")).read() + open(os.path.join(ROOT, "RESULTS.md")).read()
     assert "../shared" not in text and "shared/docs" not in text
+
+
+def test_paper_sweep_dry_run_lists_the_72_runs():
+    r = subprocess.run(["bash", "results/paper.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and r.stderr == "" and len(lines) == 72 == len(set(lines))
+    pairs = set()
+    for line in lines:
+        m = re.fullmatch(r"python train.py configs/(\w+)\.py configs/(\w+)\.py --out_dir=out/paper/\1-\2", line)
+        assert m, line
+        pairs.add(m.groups())
+    assert len(pairs) == 72 and {t for _, t in pairs} == set(train.tasks.TASKS)
+    for arch, task in sorted(pairs)[::7]:  # a sample: each command is a valid config
+        train.validate(train.load_config([f"configs/{arch}.py", f"configs/{task}.py"])[0])
+    r = subprocess.run(["bash", "results/paper.sh", "--dry-run", "--archs=llama", "--max_iters=2", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert len(r.stdout.splitlines()) == 6 and all(l.endswith(" --max_iters=2 --device=cpu") for l in r.stdout.splitlines())
+    r = subprocess.run(["bash", "results/paper.sh", "--bogus"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error:")
+
+
+@slow
+def test_paper_sweep_trains_resumes_and_evaluates_a_subset_on_cpu(tmp_path):
+    env = {**ENV, "PAPER_OUT": str(tmp_path / "paper"), "PAPER_TABLE": str(tmp_path / "table3"),
+           "EVAL_ARGS": "--n_prompts=64"}
+    args = ["--archs=gpt2,mamba", "--tasks=linear_regression,decision_tree", "--max_iters=2", "--device=cpu",
+            "--n_layer=1", "--n_embd=16", "--n_head=2", "--eval_interval=1"]
+    r = subprocess.run(["bash", "results/paper.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    runs = sorted(os.listdir(tmp_path / "paper"))
+    assert {"gpt2-linear_regression", "gpt2-decision_tree", "mamba-linear_regression",
+            "mamba-decision_tree"} <= set(runs)
+    assert all(state(tmp_path / "paper" / f"{a}-{t}")["step"] == 2 for a in ("gpt2", "mamba")
+               for t in ("linear_regression", "decision_tree"))
+    table = (tmp_path / "table3.md").read_text()
+    assert "| gpt2 |" in table and "| mamba |" in table and "Decision Tree: model:gpt2-decision_tree" in table
+    assert "Decision Tree: knn" in (tmp_path / "table3_classical.md").read_text()
+    r = subprocess.run(["bash", "results/paper.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=900)  # again: every run resumes to nothing
+    assert r.returncode == 0 and r.stdout.count("done:") == 4, r.stdout
+    assert "resuming at step 2" in (tmp_path / "paper" / "gpt2-linear_regression" / "log.txt").read_text()
+    r = subprocess.run(["bash", "results/paper.sh", "--slurm", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    sbatch = (tmp_path / "paper" / "sweep.sbatch").read_text()
+    assert r.returncode == 0 and "#SBATCH --array=0-3" in sbatch and "--max_iters=2" in sbatch
+    assert subprocess.run(["bash", "-n", str(tmp_path / "paper" / "sweep.sbatch")]).returncode == 0
+    r = subprocess.run(["bash", "results/paper.sh", "--cost", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "not measured (no GPU run)" in r.stdout

@@ -55,7 +55,7 @@ eval_interval = 250          # held-out loss every this many steps
 eval_batches = 4             # ... on this many batches of batch_size fixed prompts (never trained on)
 log_interval = 50            # one log line / metrics row every this many steps
 resume = False               # continue the run in out_dir from its latest checkpoint
-allow_config_change = False  # on resume, accept changed model/data keys or process count (you own the consequences)
+allow_config_change = False  # on resume, accept changed model/data keys or process count (at your own risk)
 wandb_log = False            # log to wandb (off by default; imported lazily on rank 0)
 wandb_project = 'icl'        # the wandb project
 # task (tasks.py); the task configs in configs/ hold the paper's settings
@@ -112,20 +112,27 @@ dtype = 'float32'            # float32 | bfloat16 (autocast; the scan and the lo
 compile = False              # torch.compile the model
 ddp_timeout = 600            # seconds a process waits for the others before the job fails
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith('_') and type(v) in (int, float, bool, str)}
 # the tables themselves (not copies): a task or FFN added to tasks.TASKS or model.FFNS is a valid name at once
-CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS, lr_schedule=('constant', 'cosine'),
-               dtype=('float32', 'bfloat16'), scan_backend=ssm_scan.BACKENDS)
+CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS,
+               lr_schedule=('constant', 'cosine'), dtype=('float32', 'bfloat16'),
+               scan_backend=ssm_scan.BACKENDS)
 # number keys that must be >= 1 (POSITIVE) or >= 0 (NONNEG); ints <= 2**62 (tensor sizes) or their UPPER bound
 POSITIVE = '''batch_size n_dims n_points n_layer n_embd n_head n_positions d_state d_conv expand ckpt_interval
-    keep_last eval_interval eval_batches log_interval curriculum_interval curriculum_dims_start curriculum_dims_inc
-    curriculum_points_start curriculum_points_inc mlp_hidden tree_depth parity_k sparsity ddp_timeout'''.split()
-NONNEG = 'max_iters keep_every micro_batch_size warmup_iters seed dt_rank grad_clip weight_decay min_lr noise_std'.split()
-UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)  # manual_seed, timedelta
+    keep_last eval_interval eval_batches log_interval curriculum_interval curriculum_dims_start
+    curriculum_dims_inc curriculum_points_start curriculum_points_inc mlp_hidden tree_depth parity_k sparsity
+    ddp_timeout'''.split()
+NONNEG = '''max_iters keep_every micro_batch_size warmup_iters seed dt_rank grad_clip weight_decay min_lr
+    noise_std'''.split()
+# upper bounds (seed: manual_seed's; ddp_timeout: timedelta's)
+UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)
 # keys that may differ between a checkpoint and the resumed run without changing what is trained
-RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every eval_interval
-    eval_batches log_interval wandb_log wandb_project device compile scan_backend ddp_timeout'''.split())
-RUN_FILES = re.compile(r'ckpt\.pt|ckpt_\d+\.pt|metrics\.jsonl|log\.txt')  # a directory holding any of these holds a run
+RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every
+    eval_interval eval_batches log_interval wandb_log wandb_project device compile scan_backend
+    ddp_timeout'''.split())
+# a directory holding any of these holds a run
+RUN_FILES = re.compile(r'ckpt\.pt|ckpt_\d+\.pt|metrics\.jsonl|log\.txt')
 LOCK_FILE = 'train.lock'
 
 
@@ -187,7 +194,8 @@ def _run_config_file(path):
         exec(code, ns)
     except (Exception, SystemExit) as e:
         raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}")
-    return {k: v for k, v in ns.items() if not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
+    return {k: v for k, v in ns.items()
+            if not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
 
 
 def load_config(argv, sources=None):
@@ -205,7 +213,8 @@ def load_config(argv, sources=None):
     for arg in overrides:
         key, eq, raw = arg[2:].partition('=') if arg.startswith('--') else (arg, '', '')
         if not arg.startswith('--') or not eq:
-            raise UserError(f"{short(arg)}: options are written --key=value (python train.py --help lists the keys)")
+            raise UserError(f"{short(arg)}: options are written --key=value "
+                            "(python train.py --help lists the keys)")
         if key not in DEFAULTS:
             raise _unknown_key(key, 'the command line')
         settings.append((key, parse_value(key, raw, DEFAULTS[key]), 'the command line'))
@@ -220,7 +229,8 @@ def load_config(argv, sources=None):
 
 
 def config_help(path, title):
-    """usage text from the defaults block of `path` (train.py or evaluate.py): each key, its default, its comment"""
+    """usage text from the defaults block of `path` (train.py or evaluate.py): each key, its default, its
+    comment"""
     lines, inside = [title, ''], False
     with open(path) as f:
         for line in f:
@@ -246,7 +256,8 @@ def validate(cfg, world_size=1):
         lo = int(key in POSITIVE)
         hi = UPPER.get(key, math.inf if type(cfg[key]) is float else 2**62)  # ints: tensor sizes
         if not (lo <= cfg[key] <= hi and cfg[key] < math.inf):  # also false for nan; no float() of huge ints
-            bound = f'in [{lo}, {hi}]' if key in UPPER else f'>= {lo}' + (' (and <= 2**62)' if hi < math.inf else '')
+            bound = (f'in [{lo}, {hi}]' if key in UPPER
+                     else f'>= {lo}' + (' (and <= 2**62)' if hi < math.inf else ''))
             raise UserError(f"{key} must be {bound}, got {short(cfg[key])}")
     checks = (('learning_rate', 0 < cfg['learning_rate'] < math.inf, 'positive and finite'),
               ('ffn_mult', 0 < cfg['ffn_mult'] < math.inf, 'positive and finite'),
@@ -257,18 +268,20 @@ def validate(cfg, world_size=1):
         if not ok:
             raise UserError(f"{key} must be {what}, got {short(cfg[key])}")
     if cfg['keep_every'] % cfg['ckpt_interval']:
-        raise UserError(f"keep_every={cfg['keep_every']} must be a multiple of ckpt_interval={cfg['ckpt_interval']} "
+        raise UserError(f"keep_every={cfg['keep_every']} must be a multiple of "
+                        f"ckpt_interval={cfg['ckpt_interval']} "
                         "(checkpoints exist only at multiples of ckpt_interval)")
     if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', cfg['device']):
         raise UserError(f"device={short(cfg['device'])} is not one of auto, cpu, cuda, cuda:N")
     per_rank = cfg['batch_size'] // world_size
     if cfg['batch_size'] % world_size or per_rank % (cfg['micro_batch_size'] or per_rank):
-        raise UserError(f"batch_size={cfg['batch_size']} must split evenly over {world_size} process(es) and then "
-                        f"into micro-batches of micro_batch_size={cfg['micro_batch_size']}")
+        raise UserError(f"batch_size={cfg['batch_size']} must split evenly over {world_size} process(es) "
+                        f"and then into micro-batches of micro_batch_size={cfg['micro_batch_size']}")
     if cfg['pos'] == 'learned' and cfg['n_points'] > cfg['n_positions']:
         raise UserError(f"n_points={cfg['n_points']} exceeds the learned position table "
                         f"(n_positions={cfg['n_positions']})")
-    try:  # one prompt at step 0 (the run's smallest) runs the sampler's own checks: parity_k, mqar points, noise
+    # one prompt at step 0 (the run's smallest) runs the sampler's own checks: parity_k, mqar points, noise
+    try:
         get_batch(cfg, 0, 0, 1)
         return ModelConfig.from_dict({**cfg, 'y_dim': tasks.y_dim(cfg['task'], cfg['n_dims'])})
     except (ValueError, RuntimeError) as e:  # RuntimeError: a prompt too large to allocate
@@ -283,22 +296,24 @@ def resolve_device(cfg):
     if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
         raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if cfg['scan_backend'] == 'triton' and not dev.startswith('cuda') and not ssm_scan.INTERPRET:
-        raise UserError("scan_backend='triton' needs a CUDA device (or TRITON_INTERPRET=1 for the interpreter); "
-                        "use scan_backend='auto'")
+        raise UserError("scan_backend='triton' needs a CUDA device "
+                        "(or TRITON_INTERPRET=1 for the interpreter); use scan_backend='auto'")
     if cfg['scan_backend'] == 'triton' and not ssm_scan.HAS_TRITON:
         raise UserError("scan_backend='triton' but triton is not installed")
     if cfg['scan_backend'] == 'cpu' and dev != 'cpu':
-        raise UserError(f"scan_backend='cpu' is the CPU kernel, but the run is on {dev}; use scan_backend='auto'")
+        raise UserError(f"scan_backend='cpu' is the CPU kernel, but the run is on {dev}; "
+                        "use scan_backend='auto'")
     if cfg['wandb_log'] and importlib.util.find_spec('wandb') is None:
-        raise UserError("wandb_log=True but wandb is not installed (pip install wandb), or leave wandb_log off")
+        raise UserError("wandb_log=True but wandb is not installed (pip install wandb), "
+                        "or leave wandb_log off")
     return dev
 
 
 def describe_task(cfg, sources):
     """one line: the task and its size, and where they came from; how to get the paper's setting"""
     where = sources['task']
-    text = (f"task: {cfg['task']}, d = {cfg['n_dims']}, {cfg['n_points']} points, lr {cfg['learning_rate']:g}, "
-            f"{cfg['max_iters']:,} steps (from {where})")
+    text = (f"task: {cfg['task']}, d = {cfg['n_dims']}, {cfg['n_points']} points, "
+            f"lr {cfg['learning_rate']:g}, {cfg['max_iters']:,} steps (from {where})")
     if where == "train.py's defaults":
         text += f"; the paper's setting of a task: add configs/<task>.py, e.g. configs/{cfg['task']}.py"
     return text
@@ -315,8 +330,10 @@ def load_checkpoint(path):
     try:
         with zipfile.ZipFile(path) as z, warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            bad = z.testzip()  # torch.load does not check the CRCs: a flipped bit in a tensor would load silently
-            ckpt = None if bad else torch.load(path, map_location='cpu', weights_only=True)  # never runs pickled code
+            # torch.load does not check the CRCs: a flipped bit in a tensor would load silently
+            bad = z.testzip()
+            # weights_only: never runs pickled code
+            ckpt = None if bad else torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         refused = 'weights_only' in str(e) or 'Unsupported global' in str(e)
         what = ("holds objects that safe loading refuses (not a checkpoint of this project?)" if refused
@@ -343,7 +360,8 @@ def step_checkpoints(out_dir):
 
 
 def resume_checkpoint(out_dir):
-    """(path, checkpoint) to resume from: ckpt.pt, or, when it is missing, the newest readable step checkpoint"""
+    """(path, checkpoint) to resume from: ckpt.pt, or, when it is missing, the newest readable step
+    checkpoint"""
     latest = os.path.join(out_dir, 'ckpt.pt')
     if os.path.exists(latest) or not step_checkpoints(out_dir):
         return latest, load_checkpoint(latest)
@@ -406,7 +424,8 @@ class RunDirectory:
         self.lock_fd = None
 
     def run_files(self):
-        return sorted(f for f in os.listdir(self.dir) if RUN_FILES.fullmatch(f)) if os.path.isdir(self.dir) else []
+        return (sorted(f for f in os.listdir(self.dir) if RUN_FILES.fullmatch(f))
+                if os.path.isdir(self.dir) else [])
 
     def check_new(self):
         """a new run needs a directory that holds no run (and is not a file)"""
@@ -415,11 +434,12 @@ class RunDirectory:
         held = self.run_files()
         if held:
             shown = ', '.join(held[:4]) + (f' and {len(held) - 4} more' if len(held) > 4 else '')
-            raise UserError(f"{self.dir} already holds a run ({shown}); continue it with --resume=True or choose "
-                            "another --out_dir")
+            raise UserError(f"{self.dir} already holds a run ({shown}); continue it with --resume=True or "
+                            "choose another --out_dir")
 
     def claim(self):
-        """hold an exclusive lock on the directory for this process's life (released at exit or by release())"""
+        """hold an exclusive lock on the directory for this process's life (released at exit or by
+        release())"""
         os.makedirs(self.dir, exist_ok=True)
         fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -427,8 +447,8 @@ class RunDirectory:
         except OSError:
             holder = os.read(fd, 64).decode(errors='replace').strip() or '?'
             os.close(fd)
-            raise UserError(f"{self.dir} is in use by another train.py (pid {holder}); wait for it to finish or "
-                            "choose another --out_dir")
+            raise UserError(f"{self.dir} is in use by another train.py (pid {holder}); wait for it to finish "
+                            "or choose another --out_dir")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
@@ -449,7 +469,8 @@ class RunDirectory:
 # data and schedule
 
 def batch_generator(seed, step, rank):
-    """the data of (seed, step, rank) is a pure function of them: resume replays no RNG, ranks never share a stream."""
+    """the data of (seed, step, rank) is a pure function of them: resume replays no RNG, ranks never share a
+    stream."""
     digest = hashlib.blake2b(f'{seed}/{step}/{rank}'.encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, 'little') >> 1)
 
@@ -458,7 +479,8 @@ def get_batch(cfg, step, rank, n_prompts, gen=None):
     n_dims_active, n_points = tasks.curriculum(step, cfg)
     gen = gen or batch_generator(cfg['seed'], step, rank)
     params = {k: cfg[k] for k in tasks.TASK_DEFAULTS}
-    return tasks.sample(cfg['task'], n_prompts, n_points, cfg['n_dims'], gen, n_dims_active=n_dims_active, **params)
+    return tasks.sample(cfg['task'], n_prompts, n_points, cfg['n_dims'], gen, n_dims_active=n_dims_active,
+                        **params)
 
 
 def get_lr(it, cfg):
@@ -485,22 +507,25 @@ def resume_config(cfg, explicit, ckpt, where, world):
     free = set(RESUME_FREE)
     if saved.get('lr_schedule') == 'cosine':
         free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
-    changed = sorted(f"{k}: {short(saved.get(k))} -> {short(cfg[k])}" for k in explicit - free if saved.get(k) != cfg[k])
+    changed = sorted(f"{k}: {short(saved.get(k))} -> {short(cfg[k])}"
+                     for k in explicit - free if saved.get(k) != cfg[k])
     trained_world = ckpt.get('world_size')  # (checkpoints before it was recorded: unknown)
     if trained_world is not None and trained_world != world:
-        changed.append(f"processes: {trained_world} -> {world} (each process samples its own prompts, so the data "
-                       "stream would change; resume with the same torchrun --nproc_per_node)")
+        changed.append(f"processes: {trained_world} -> {world} (each process samples its own prompts, "
+                       "so the data stream would change; resume with the same torchrun --nproc_per_node)")
     if changed and not cfg['allow_config_change']:
         raise UserError(f"resume would change the run in {cfg['out_dir']} ({'; '.join(changed)}); "
                         "--allow_config_change=True does it")
-    return {**DEFAULTS, **saved, **{k: cfg[k] for k in explicit}, 'out_dir': cfg['out_dir']}  # out_dir: where it is now
+    # out_dir: where it is now
+    return {**DEFAULTS, **saved, **{k: cfg[k] for k in explicit}, 'out_dir': cfg['out_dir']}
 
 
 def build(cfg, mcfg, device):
     """the held-out prompts and the model. Only a failure to allocate gets the friendly message; any other
     error (a bug in a new module, say) keeps its traceback."""
     try:
-        val_cfg = {**cfg, 'curriculum': False}  # the end of the curriculum, on its own seed stream (never trained on)
+        # the end of the curriculum, on its own seed stream (never trained on)
+        val_cfg = {**cfg, 'curriculum': False}
         val = []
         for i in range(cfg['eval_batches']):
             batch = get_batch(val_cfg, 0, 0, cfg['batch_size'], batch_generator(cfg['seed'], -1 - i, 0))
@@ -515,10 +540,10 @@ def build(cfg, mcfg, device):
 
 
 class StopSignals:
-    """SIGINT, SIGTERM and SIGHUP (Ctrl-C, a scheduler's preemption, a closed terminal) ask the run to stop after
-    the current step with a checkpoint; another one a second or more later stops it at once. (Copies within a
-    second are the same request: under torchrun a Ctrl-C reaches each worker twice, from the terminal and
-    forwarded by torchrun.) The old handlers come back on exit."""
+    """SIGINT, SIGTERM and SIGHUP (Ctrl-C, a scheduler's preemption, a closed terminal) ask the run to stop
+    after the current step with a checkpoint; another one a second or more later stops it at once. (Copies
+    within a second are the same request: under torchrun a Ctrl-C reaches each worker twice, from the
+    terminal and forwarded by torchrun.) The old handlers come back on exit."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     SAME_REQUEST_S = 1.0
 
@@ -546,8 +571,8 @@ class StopSignals:
 def _git_rev():
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         cwd = os.path.dirname(os.path.abspath(__file__))
-        rev = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=cwd, capture_output=True, text=True,
-                             timeout=5).stdout.strip()
+        rev = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=cwd, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
         return rev or 'unknown'
     return 'unknown'
 
@@ -583,9 +608,10 @@ def main(argv):
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg['ddp_timeout']))
     device = torch.device(dev)
     torch.manual_seed(cfg['seed'])  # the same init on every rank: the seed is global
-    val, raw_model = build(cfg, mcfg, device)  # (a model too large to allocate is refused before anything is written)
-    # rank 0 claims the directory (the lock, and a re-check under it: two new runs started at once); every rank
-    # learns whether it did before anything is written
+    # (a model too large to allocate is refused before anything is written)
+    val, raw_model = build(cfg, mcfg, device)
+    # rank 0 claims the directory (the lock, and a re-check under it: two new runs started at once); every
+    # rank learns whether it did before anything is written
     claim_error = None
     if master:
         try:
@@ -633,9 +659,10 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             raw_model.load_state_dict(ckpt['model'])
             optimizer.load_state_dict(ckpt['optimizer'])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"the checkpoint in {run.dir} does not fit this model/optimizer (another architecture?): "
-                            f"{_oneline(e)}")
-        for g, fresh in zip(optimizer.param_groups, groups):  # the saved groups would override betas/decay set now
+            raise UserError(f"the checkpoint in {run.dir} does not fit this model/optimizer "
+                            f"(another architecture?): {_oneline(e)}")
+        # the saved groups would override betas/decay set now
+        for g, fresh in zip(optimizer.param_groups, groups):
             g.update(betas=(cfg['beta1'], cfg['beta2']), weight_decay=fresh['weight_decay'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng']['torch'])
@@ -646,7 +673,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
     wandb_id = ckpt.get('wandb_id') if ckpt else os.urandom(4).hex()  # one wandb run across resumes
     good_step = step  # the step of the last checkpoint on disk
 
-    def checkpoint():  # ckpt.pt atomically, then ckpt_<step>.pt as a hard link to it; drop the old ones we don't keep
+    # ckpt.pt atomically, then ckpt_<step>.pt as a hard link to it; drop the old ones we don't keep
+    def checkpoint():
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
                      model_args=asdict(mcfg), param_counts=counts, rng=dict(torch=torch.get_rng_state()),
                      wandb_id=wandb_id, world_size=world,
@@ -657,15 +685,18 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             with contextlib.suppress(FileNotFoundError):
                 os.remove(named)  # a stale one from before a crash
             try:
-                os.link(run.ckpt, named)  # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
+                # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
+                os.link(run.ckpt, named)
             except OSError:
                 _fsync_write(named, lambda f: torch.save(state, f))
-            kept = [s for s, _ in step_checkpoints(run.dir) if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)]
+            kept = [s for s, _ in step_checkpoints(run.dir)
+                    if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)]
             for s in kept[:-cfg['keep_last']]:
                 os.remove(os.path.join(run.dir, f'ckpt_{s:07d}.pt'))
         except OSError as e:
-            raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: {e.strerror or _oneline(e)} "
-                            f"(disk full?); the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
+            raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: "
+                            f"{e.strerror or _oneline(e)} (disk full?); "
+                            f"the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
 
     # --- run directory, log, metrics (rank 0 writes; nothing is written before the config is valid)
     bar = tqdm(total=cfg['max_iters'], initial=step, dynamic_ncols=True, disable=None if master else True,
@@ -681,7 +712,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
         dropped = truncate_metrics(run.metrics, step)
         where = f"resuming at step {step}" if ckpt else "new run"
         pattern = ('M+' if mcfg.mamba_embed else '') + ''.join(mcfg.blocks())
-        log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | git {_git_rev()}")
+        log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | "
+            f"git {_git_rev()}")
         log(f"config: {json.dumps(cfg, sort_keys=True)}")
         log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
         log(describe_task(cfg, sources))
@@ -689,7 +721,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             log(f"note: dropped {dropped} malformed line(s) of {run.metrics}")
     wandb = None
     if cfg['wandb_log'] and master:
-        wandb = importlib.import_module('wandb')  # optional: imported only when used (resolve_device checked it)
+        # optional: imported only when used (resolve_device checked it)
+        wandb = importlib.import_module('wandb')
         wandb.init(project=cfg['wandb_project'], name=os.path.basename(run.dir), config=cfg, id=wandb_id,
                    resume='allow')
 
@@ -708,14 +741,16 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                 loss_sum = torch.zeros((), device=device)
                 for m in range(accum):
                     sl = slice(m * micro, (m + 1) * micro)
-                    sync = not ddp or m == accum - 1  # all-reduce the grads once per step, at the last micro-batch
+                    # all-reduce the grads once per step, at the last micro-batch
+                    sync = not ddp or m == accum - 1
                     with contextlib.nullcontext() if sync else model.no_sync():
                         with autocast:
                             loss = icl_loss(model(xs[sl], ys[sl]), ys[sl], cfg['task'])
                         (loss / accum).backward()
                     loss_sum += loss.detach() / accum
-                # a stop asked for during this step is honoured at its end: read here, after the backward, so a
-                # signal costs at most the rest of a step (torchrun kills its workers 30 s after forwarding one)
+                # a stop asked for during this step is honoured at its end: read here, after the backward,
+                # so a signal costs at most the rest of a step (torchrun kills its workers 30 s after
+                # forwarding one)
                 stop_flag = float(signals.count > 0)
                 if ddp:  # the true mean loss over ranks, and whether any rank was asked to stop
                     flags = torch.stack([loss_sum, torch.tensor(stop_flag, device=device)])
@@ -723,12 +758,16 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                     loss_sum, stop_flag = flags[0], flags[1].item()
                 loss_val = loss_sum.item() / world
                 stopping = stop_flag > 0
-                # the grads are all-reduced, so every rank sees the same norm; grad_clip=0 computes it without clipping
-                gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'] or math.inf).item()
-                if not (math.isfinite(loss_val) and math.isfinite(gnorm)):  # before the optimizer step: weights untouched
-                    msg = (f"non-finite loss ({loss_val}) or grad norm ({gnorm}) in step {step + 1}, before its update; "
-                           f"the last good checkpoint {run.ckpt} (step {good_step}) is intact. Lower learning_rate or "
-                           "set grad_clip, and continue from it with --resume=True --allow_config_change=True")
+                # the grads are all-reduced, so every rank sees the same norm; grad_clip=0 computes it
+                # without clipping
+                gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(),
+                                                       cfg['grad_clip'] or math.inf).item()
+                # before the optimizer step: weights untouched
+                if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+                    msg = (f"non-finite loss ({loss_val}) or grad norm ({gnorm}) in step {step + 1}, "
+                           f"before its update; the last good checkpoint {run.ckpt} (step {good_step}) "
+                           "is intact. Lower learning_rate or set grad_clip, and continue from it with "
+                           "--resume=True --allow_config_change=True")
                     log(f"stopped: {msg}")
                     raise UserError(msg)
                 optimizer.step()
@@ -743,17 +782,20 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                     if step % cfg['log_interval'] == 0 or last:
                         n_dims_now, n_points_now = tasks.curriculum(step - 1, cfg)
                         rate = (step - s_last) / max(time.time() - t_last, 1e-9)
-                        row.update(loss=loss_val, grad_norm=gnorm, lr=lr, n_dims=n_dims_now, n_points=n_points_now,
-                                   steps_per_s=round(rate, 3), time=round(time.time() - t0, 2))
+                        row.update(loss=loss_val, grad_norm=gnorm, lr=lr, n_dims=n_dims_now,
+                                   n_points=n_points_now, steps_per_s=round(rate, 3),
+                                   time=round(time.time() - t0, 2))
                         t_last = time.time()
                         s_last = step
-                    if step % cfg['eval_interval'] == 0 or last:  # (no dropout or batch norm: no train/eval mode)
+                    # (no dropout or batch norm: no train/eval mode)
+                    if step % cfg['eval_interval'] == 0 or last:
                         with torch.no_grad(), autocast:
                             val_losses = [icl_loss(raw_model(x, y), y, cfg['task']).item() for x, y in val]
                         row['val_loss'] = sum(val_losses) / len(val)
                     if len(row) > 1:
                         run.append(run.metrics, json.dumps(row) + '\n')
-                        fields = [f'{k} {v:.4g}' if type(v) is float else f'{k} {v}' for k, v in row.items() if k != 'time']
+                        fields = [f'{k} {v:.4g}' if type(v) is float else f'{k} {v}'
+                                  for k, v in row.items() if k != 'time']
                         log(' | '.join(fields))
                         if wandb:
                             wandb.log(row, step=step)
@@ -764,7 +806,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
         except KeyboardInterrupt as e:  # the second signal
             raise UserError(f"{e}: stopped at once in step {step + 1}; the last checkpoint {run.ckpt} "
                             f"(step {good_step}) is intact")
-        except (RuntimeError if ddp else torch.OutOfMemoryError) as e:  # OOM mid-run; DDP: a peer died or hung
+        except (RuntimeError if ddp else torch.OutOfMemoryError) as e:
+            # OOM mid-run; DDP: a peer died or hung
             if isinstance(e, torch.OutOfMemoryError):
                 why = 'out of memory: try a smaller micro_batch_size'
             else:

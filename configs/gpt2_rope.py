@@ -1,4 +1,5 @@
-# (1.2) GPT-2 RoPE: RoPE and, as in the reference, the bias-free Llama attention module (9.47M). 12 blocks, E = 256, 8 heads.
+# (1.2) GPT-2 RoPE: RoPE and, as in the reference, the bias-free Llama attention module (9.47M).
+# 12 blocks, E = 256, 8 heads.
 arch = 'gpt2_rope'
 n_layer = 12
 n_embd = 256

@@ -1,4 +1,5 @@
-# (2.3) Llama RoPE,SwiGLU-less: leading Mamba block instead of RoPE, Mamba blocks instead of SwiGLU; MambaFormer-like (14.53M). 12 blocks, E = 256, 8 heads.
+# (2.3) Llama RoPE,SwiGLU-less: leading Mamba block instead of RoPE, Mamba blocks instead of SwiGLU;
+# MambaFormer-like (14.53M). 12 blocks, E = 256, 8 heads.
 arch = 'llama_mamba'
 n_layer = 12
 n_embd = 256

@@ -1,4 +1,5 @@
-# (2.1) Llama RoPE-less: a leading Mamba block replaces RoPE as positional embedder (13.47M). 12 blocks, E = 256, 8 heads.
+# (2.1) Llama RoPE-less: a leading Mamba block replaces RoPE as positional embedder (13.47M).
+# 12 blocks, E = 256, 8 heads.
 arch = 'llama_mamba_pos'
 n_layer = 12
 n_embd = 256

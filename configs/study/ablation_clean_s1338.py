@@ -1,4 +1,5 @@
-# CPU-scale study, experiment 4 (ablation): llama_mamba with and without the reference's residual doubling, 2 seeds each
+# CPU-scale study, experiment 4 (ablation): llama_mamba with and without the reference's residual
+# doubling, 2 seeds each
 # Reproduce: python train.py configs/study/ablation_clean_s1338.py   (RESULTS.md)
 # architecture switches as in configs/llama_mamba.py; the size is the study's (below)
 arch = 'llama_mamba'
@@ -27,7 +28,9 @@ ckpt_interval = 500
 keep_every = 0
 eval_interval = 250
 log_interval = 50
-# the ablation: the reference package's residual doubling (x <- 2x + mamba(norm(x)) in every Mamba block) and its init
+# the ablation: the reference package's residual doubling (x <- 2x + mamba(norm(x)) in every Mamba
+# block) and its init
 reference_quirks = False
 out_dir = 'out/study/ablation_clean_s1338'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

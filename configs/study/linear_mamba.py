@@ -28,4 +28,5 @@ keep_every = 1000        # ckpt_1000.pt, ckpt_2000.pt, ...: the equal-steps comp
 eval_interval = 250
 log_interval = 50
 out_dir = 'out/study/linear_mamba'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

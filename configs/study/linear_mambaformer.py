@@ -15,7 +15,8 @@ n_dims = 5
 n_points = 11
 curriculum = False
 # model: E = 64, 4 blocks, 4 heads (paper: E = 256, 12 blocks, 8 heads)
-# MambaFormer: 8 blocks 'AM' (4 attention + 4 Mamba) plus the leading Mamba: Park counts 2 mixers per GPT-2 layer
+# MambaFormer: 8 blocks 'AM' (4 attention + 4 Mamba) plus the leading Mamba: Park counts 2 mixers per
+# GPT-2 layer
 n_layer = 8
 n_embd = 64
 n_head = 4
@@ -29,4 +30,5 @@ keep_every = 1000        # ckpt_1000.pt, ckpt_2000.pt, ...: the equal-steps comp
 eval_interval = 250
 log_interval = 50
 out_dir = 'out/study/linear_mambaformer'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

@@ -9,8 +9,9 @@ ffn = 'swiglu'
 mamba_embed = False
 layer_pattern = 'A'
 expand = 4
-# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one query, loss on
-# the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the query (34 tokens, paper 130)
+# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one
+# query, loss on the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the
+# query (34 tokens, paper 130)
 task = 'mqar'
 n_dims = 20
 n_points = 17

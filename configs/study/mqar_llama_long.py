@@ -1,4 +1,5 @@
-# CPU-scale study, experiment 3, follow-up: Llama on vector MQAR for 3000 steps instead of 1200 (did it fail, or was it late?)
+# CPU-scale study, experiment 3, follow-up: Llama on vector MQAR for 3000 steps instead of 1200
+# (did it fail, or was it late?)
 # Reproduce: python train.py configs/study/mqar_llama_long.py   (RESULTS.md)
 # architecture switches as in configs/llama.py; the size is the study's (below)
 arch = 'llama'
@@ -9,8 +10,9 @@ ffn = 'swiglu'
 mamba_embed = False
 layer_pattern = 'A'
 expand = 4
-# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one query, loss on
-# the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the query (34 tokens, paper 130)
+# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one
+# query, loss on the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the
+# query (34 tokens, paper 130)
 task = 'mqar'
 n_dims = 20
 n_points = 17

@@ -9,8 +9,9 @@ ffn = 'mamba'
 mamba_embed = True
 layer_pattern = 'A'
 expand = 4
-# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one query, loss on
-# the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the query (34 tokens, paper 130)
+# task: vector MQAR as the paper's code (keys and values on the sphere of radius sqrt(20), d = 20, one
+# query, loss on the query only) with 16 key-value pairs instead of 64: n_points = 17 = 16 pairs + the
+# query (34 tokens, paper 130)
 task = 'mqar'
 n_dims = 20
 n_points = 17
@@ -29,4 +30,5 @@ keep_every = 500
 eval_interval = 250
 log_interval = 50
 out_dir = 'out/study/mqar_llama_mamba'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

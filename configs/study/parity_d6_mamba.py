@@ -1,4 +1,5 @@
-# CPU-scale study, experiment 2, follow-up: sparse parity with d = 6 (15 possible subsets instead of 45), trained 12,000 steps
+# CPU-scale study, experiment 2, follow-up: sparse parity with d = 6 (15 possible subsets instead of 45),
+# trained 12,000 steps
 # Reproduce: python train.py configs/study/parity_d6_mamba.py   (RESULTS.md)
 # architecture switches as in configs/mamba.py; the size is the study's (below)
 arch = 'mamba'
@@ -9,8 +10,8 @@ ffn = 'none'
 mamba_embed = False
 layer_pattern = 'M'
 expand = 4
-# task: sparse parity as the paper (x uniform on {-1,+1}^6, y = product of a hidden 2-subset, MSE on every position,
-# no curriculum) but with 30 points instead of 140 (60 tokens, paper 280)
+# task: sparse parity as the paper (x uniform on {-1,+1}^6, y = product of a hidden 2-subset,
+# MSE on every position, no curriculum) but with 30 points instead of 140 (60 tokens, paper 280)
 task = 'sparse_parity'
 n_dims = 6
 n_points = 30
@@ -30,4 +31,5 @@ keep_every = 1000
 eval_interval = 100
 log_interval = 100
 out_dir = 'out/study/parity_d6_mamba'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

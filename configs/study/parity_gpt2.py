@@ -9,8 +9,8 @@ ffn = 'gelu'
 mamba_embed = False
 layer_pattern = 'A'
 expand = 4
-# task: sparse parity as the paper (x uniform on {-1,+1}^10, y = product of a hidden 2-subset, MSE on every position,
-# no curriculum) but with 40 points instead of 140 (80 tokens, paper 280)
+# task: sparse parity as the paper (x uniform on {-1,+1}^10, y = product of a hidden 2-subset,
+# MSE on every position, no curriculum) but with 40 points instead of 140 (80 tokens, paper 280)
 task = 'sparse_parity'
 n_dims = 10
 n_points = 40

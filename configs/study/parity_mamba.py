@@ -9,8 +9,8 @@ ffn = 'none'
 mamba_embed = False
 layer_pattern = 'M'
 expand = 4
-# task: sparse parity as the paper (x uniform on {-1,+1}^10, y = product of a hidden 2-subset, MSE on every position,
-# no curriculum) but with 40 points instead of 140 (80 tokens, paper 280)
+# task: sparse parity as the paper (x uniform on {-1,+1}^10, y = product of a hidden 2-subset,
+# MSE on every position, no curriculum) but with 40 points instead of 140 (80 tokens, paper 280)
 task = 'sparse_parity'
 n_dims = 10
 n_points = 40
@@ -30,4 +30,5 @@ keep_every = 500
 eval_interval = 100
 log_interval = 100
 out_dir = 'out/study/parity_mamba'
-scan_backend = 'torch'        # trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+# trained before the fused CPU scan existed: the torch backend reruns it bit for bit
+scan_backend = 'torch'

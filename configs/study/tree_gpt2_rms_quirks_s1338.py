@@ -10,7 +10,8 @@ mamba_embed = False
 layer_pattern = 'A'
 expand = 4
 reference_quirks = True  # the reference package's init (docs/paper.md §3.4)
-# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 26 points instead of 101, no curriculum
+# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 26 points instead of 101,
+# no curriculum
 task = 'decision_tree'
 n_dims = 5
 n_points = 26

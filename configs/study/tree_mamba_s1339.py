@@ -9,7 +9,8 @@ ffn = 'none'
 mamba_embed = False
 layer_pattern = 'M'
 expand = 4
-# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 26 points instead of 101, no curriculum
+# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 26 points instead of 101,
+# no curriculum
 task = 'decision_tree'
 n_dims = 5
 n_points = 26

@@ -1,0 +1,109 @@
+"""
+The scores of several training seeds per arm, from evaluate.py's JSON files: per arm the mean over seeds with a
+95% confidence interval over seeds (Student's t), each seed's score with its interval over prompts, and the
+score-by-step curves (mean over seeds, one line per arm).
+    python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse_vs_lasso
+An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gpt2_s1338 -> sparse_gpt2).
+--out=PREFIX writes PREFIX.md (the table), PREFIX.csv and PREFIX_by_step.png; --title names the figure;
+--arms=a,b keeps those arms, in that order (default: all, sorted).
+"""
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def arm_of(run):
+    return re.sub(r'_s\d+$', '', os.path.basename(os.path.normpath(run)))
+
+
+def over_seeds(values):
+    """(mean, half-width of the 95% CI over seeds or None for one seed)"""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+
+
+def load(pattern):
+    arms = {}
+    for path in sorted(glob.glob(pattern)):
+        res = json.load(open(path))
+        arms.setdefault(arm_of(res['run']), []).append(res)
+    return arms
+
+
+def table(arms, baseline):
+    lines = [f'| arm | seeds | mean score vs {baseline} ± 95% CI over seeds | each seed (± 95% CI over prompts) |',
+             '|---|---|---|---|']
+    csv = ['arm,seeds,mean,ci95_seeds,' + ','.join(f'seed{i}' for i in range(1, 4))]
+    for arm, runs in arms.items():
+        scores = [r['score']['score'] for r in runs]
+        mean, half = over_seeds(scores)
+        each = ', '.join(f"{r['score']['score']:.3f} ± {1.96 * r['score']['se']:.3f}" for r in runs)
+        spread = f'{mean:.3f} ± {half:.3f}' if half is not None else f'{mean:.3f} (one seed)'
+        lines.append(f'| {arm} | {len(runs)} | {spread} | {each} |')
+        csv.append(f"{arm},{len(runs)},{mean:.6f},{'' if half is None else f'{half:.6f}'}," +
+                   ','.join(f'{s:.6f}' for s in scores))
+    return lines, csv
+
+
+def by_step(arms, path, title, ylabel):
+    import matplotlib
+    matplotlib.use('agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for arm, runs in arms.items():
+        steps = sorted(set.intersection(*({c['step'] for c in r['checkpoints']} for r in runs)))
+        means, halves = [], []
+        for step in steps:
+            values = [next(c['score']['score'] for c in r['checkpoints'] if c['step'] == step) for r in runs]
+            mean, half = over_seeds(values)
+            means.append(mean)
+            halves.append(half or 0.0)
+        label = f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        ax.errorbar(steps, means, halves, marker='o', ms=3, capsize=2, label=label)
+        print(arm.ljust(32), '  '.join(f'{s}: {m:.3f}' for s, m in zip(steps, means)))
+    ax.axhline(1, color='gray', ls=':', lw=1)
+    ax.set(xlabel='training step', ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    patterns = [a for a in argv if not a.startswith('--')]
+    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
+    if len(patterns) != 1:
+        sys.exit('usage: python results/seeds.py GLOB_OF_EVAL_JSONS [--out=PREFIX] [--title=...] [--arms=a,b]')
+    arms = load(patterns[0])
+    if not arms:
+        sys.exit(f'error: no eval JSON matches {patterns[0]}')
+    if 'arms' in opts:
+        arms = {a: arms[a] for a in opts['arms'].split(',') if a in arms}
+    else:
+        arms = dict(sorted(arms.items()))
+    baseline = next(iter(arms.values()))[0]['score_baseline']
+    lines, csv = table(arms, baseline)
+    print('\n'.join(lines))
+    if 'out' in opts:
+        prefix = opts['out']
+        with open(prefix + '.md', 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+        with open(prefix + '.csv', 'w') as f:
+            f.write('\n'.join(csv) + '\n')
+        title = opts.get('title', os.path.basename(prefix))
+        by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean over seeds, 95% CI)')
+        print(f'wrote {prefix}.md, {prefix}.csv and {prefix}_by_step.png')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
