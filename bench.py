@@ -1,15 +1,16 @@
 """
-Speed benchmark: prints Markdown tables of times and ratios, asserts nothing. Each ratio is measured within one
-run (one process, one sitting), so it says more than the absolute times, which follow the machine's load.
+Speed benchmark: prints Markdown tables of times and ratios, asserts nothing. Each ratio is measured within
+one run (one process, one sitting), so it says more than the absolute times, which follow the machine's load.
     python bench.py                            # every section; several minutes on a CPU
     python bench.py --sections=scan,small      # a subset: scan, small, paper, layers
     python bench.py --device=cuda              # on a GPU (the triton scan joins the cpu one)
     OMP_NUM_THREADS=2 python bench.py          # the thread count is torch's (the README's tables: 2 threads)
 
-scan    the selective scan alone, forward + backward, at the study's small Mamba (b 64, d 256, n 16, l 22) and
-        the paper's (b 64, d 1024, n 16, l 82): the fused cpu backend (triton on CUDA) against the torch backend
-small   a training step (forward, backward, Adam) at the study's size (E 64, 4 blocks, d 5, 11 points, batch 64)
-        of GPT-2, Llama and Mamba, Mamba once per scan backend, and the Llama-Mamba hybrid; ratio to GPT-2
+scan    the selective scan alone, forward + backward, at the study's small Mamba (b 64, d 256, n 16, l 22)
+        and the paper's (b 64, d 1024, n 16, l 82): the fused cpu backend (triton on CUDA) against the torch
+        backend
+small   a training step (forward, backward, Adam) at the study's size (E 64, 4 blocks, d 5, 11 points, batch
+        64) of GPT-2, Llama and Mamba, Mamba once per scan backend, and the Llama-Mamba hybrid; ratio to GPT-2
 paper   the same at the paper's size (E 256, 12 blocks, d 20, 41 points, batch 64)
 layers  a 12-block Mamba at paper size, forward + backward at 82 / 202 / 282 tokens, per scan backend and the
         per-timestep loop most reference code uses (ssm_scan.selective_scan_naive; where 12 layers of it would
@@ -55,8 +56,8 @@ def timeit(fn, reps=reps):
 
 
 def build(name, *extra):
-    cfg, _ = train.load_config([f'configs/{name}.py', 'configs/linear_regression.py', f'--device={device.type}',
-                                *extra])
+    argv = [f'configs/{name}.py', 'configs/linear_regression.py', f'--device={device.type}', *extra]
+    cfg, _ = train.load_config(argv)
     torch.manual_seed(0)
     return ICLModel(train.validate(cfg)).to(device), cfg
 
@@ -83,7 +84,8 @@ if 'scan' in sections:
         x, g = ssm_scan._case(b, d, l, n, torch.float32, device)
         t_torch = ssm_scan.bench(ssm_scan.selective_scan_torch, x, g, reps)[2]
         t_kernel = ssm_scan.bench(kernel_fn, x, g, reps)[2]
-        print(f"| {b}, {d}, {n}, {l} | {t_torch:.1f} | {t_kernel:.1f} | {t_torch / t_kernel:.1f}x |", flush=True)
+        speedup = t_torch / t_kernel
+        print(f"| {b}, {d}, {n}, {l} | {t_torch:.1f} | {t_kernel:.1f} | {speedup:.1f}x |", flush=True)
 
 
 def step_table(title, extra, n_points, n_dims):
@@ -105,7 +107,8 @@ if 'small' in sections:
     small = ['--n_layer=4', '--n_embd=64', '--n_head=4', '--n_dims=5', '--n_points=11', '--curriculum=False']
     step_table("the study's size (E 64, 4 blocks, d 5, 11 points, batch 64)", small, 11, 5)
 if 'paper' in sections:
-    step_table("the paper's size (E 256, 12 blocks, d 20, 41 points, batch 64)", ['--curriculum=False'], 41, 20)
+    paper = ['--curriculum=False']
+    step_table("the paper's size (E 256, 12 blocks, d 20, 41 points, batch 64)", paper, 41, 20)
 
 if 'layers' in sections:
     print("\n## a 12-block Mamba, E = 256, batch 64: forward + backward seconds\n")
@@ -134,7 +137,8 @@ if 'layers' in sections:
                 model.zero_grad(set_to_none=True)
                 ((model(xs, ys) - ys) ** 2).mean().backward()
             try:
-                row[backend] = (timeit(fwd_bwd, max(1, reps // 2)) * layers, ' (1 layer x 12)' if layers > 1 else '')
+                note = ' (1 layer x 12)' if layers > 1 else ''
+                row[backend] = (timeit(fwd_bwd, max(1, reps // 2)) * layers, note)
             finally:
                 model_module.selective_scan = real_scan
             del model

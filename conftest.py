@@ -4,7 +4,8 @@ What test_all.py and test_reliability.py share: the environment, the `slow` mark
     python -m pytest -q -m "not slow"     # the quick loop
 """
 import os
-os.environ.setdefault("TRITON_INTERPRET", "1")  # set before ssm_scan is imported: the Triton kernel runs on CPU
+# set before ssm_scan is imported: the Triton kernel runs on CPU tensors in Triton's interpreter
+os.environ.setdefault("TRITON_INTERPRET", "1")
 import json
 import subprocess
 import sys
@@ -13,14 +14,15 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread is fastest and never oversubscribes shared cores
+# tiny models: one thread is fastest, and never oversubscribes shared cores
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # a tiny model that trains in a fraction of a second
 TINY = ["--n_layer=1", "--n_embd=16", "--n_head=2", "--batch_size=8", "--max_iters=30", "--log_interval=1",
         "--eval_interval=10", "--ckpt_interval=5"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: real processes, kills, DDP, the Triton interpreter, end-to-end runs")
+    config.addinivalue_line("markers", "slow: real processes, kills, DDP, Triton's interpreter, whole runs")
 
 
 @pytest.fixture
@@ -66,6 +68,6 @@ def same_tensors(a, b):
 
 
 def one_error_line(result):
-    """a process that failed the way bad input should: exit 2, one line `error: ...` on stderr, no traceback"""
+    """a process that failed as bad input should: exit 2, one line `error: ...` on stderr, no traceback"""
     err = result.stderr.strip()
     return result.returncode == 2 and err.startswith("error: ") and len(err.splitlines()) == 1

@@ -35,7 +35,7 @@ seed = 0              # the prompts' seed: every model and baseline of a task se
 task = ''             # '' = the task each run was trained on; a task name = cross-task evaluation
 ood = ''              # '' | 'all' | comma list of tasks.OOD_VARIANTS (linear regression only)
 baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES, or lasso_sweep
-baseline_run = ''     # a trained run as the score baseline (paper: GPT-2 for decision_tree, Mamba for parity)
+baseline_run = ''     # trained run(s) as score baseline: RUN, or task=RUN,task=RUN (paper: GPT-2 trees)
 score_vs = ''         # '' = the task's score baseline (tasks.TASKS); or a baselines.BASELINES name
 all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training trajectories, paper Figs. 4-6)
 plot = True           # write the PNGs
@@ -122,6 +122,7 @@ def parse_args(argv):
         if bad:
             raise UserError(msg)
     _check_device(cfg['device'])
+    cfg['baseline_runs'] = baseline_runs(cfg['baseline_run'])
     if cfg['out'] and (cfg['out'].endswith(os.sep) or os.path.isdir(cfg['out'])):
         # a directory: its table.md, table.csv, table_<task>.png
         cfg['out'] = os.path.join(cfg['out'], 'table')
@@ -168,30 +169,47 @@ def plan_run(run, cfg):
     if not ok:
         raise UserError(f"cannot write the results of {run} next to it ({where} is not a writable directory)")
     base = cfg['score_vs'] or record.score_baseline
+    baseline_ckpt = None
     if base == 'model':
-        if cfg['baseline_run']:
-            base = 'model:' + os.path.basename(os.path.normpath(cfg['baseline_run']))
+        baseline = cfg['baseline_runs'].get(task, cfg['baseline_runs'].get(None))
+        if baseline:
+            baseline_ckpt = check_baseline_run(baseline, task, run)
+            base = 'model:' + os.path.basename(os.path.normpath(baseline))
         elif record.fallback_baseline:
             base = record.fallback_baseline
             print(f"note: the paper scores {task} against a trained model (pass --baseline_run=out/RUN); "
                   f"using the classical {base} instead")
         else:
             raise UserError(f"{task} is scored against a trained model: pass --baseline_run=out/RUN")
+    tkw = {k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}
     return dict(run=run, out_dir=out_dir, paths=paths, rc=rc, task=task, record=record, n_pts=n_pts,
-                n_dims=rc['n_dims'], tkw={k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}, base=base)
+                n_dims=rc['n_dims'], tkw=tkw, base=base, baseline_ckpt=baseline_ckpt)
 
 
-def check_baseline_run(cfg, plans):
-    """--baseline_run: a run trained on the task it is a baseline for, whose model takes these prompts"""
-    if not cfg['baseline_run']:
-        return None
-    _, paths = run_checkpoints(cfg['baseline_run'], False)
-    brc = load_checkpoint(paths[-1])['config']
-    for p in plans:
-        if brc['task'] != p['task']:
-            raise UserError(f"--baseline_run={short(cfg['baseline_run'])} was trained on {brc['task']}, but "
-                            f"{p['run']} is evaluated on {p['task']}: "
-                            "a baseline must be trained on the same task")
+def baseline_runs(spec):
+    """--baseline_run as {task: run}: 'RUN' is the baseline of every task scored against a trained model (key
+    None), 'decision_tree=RUN1,sparse_parity=RUN2' one run per task"""
+    if not spec:
+        return {}
+    if '=' not in spec:
+        return {None: spec}
+    runs = {}
+    for item in spec.split(','):
+        task, eq, run = item.partition('=')
+        if not eq or task not in tasks.TASKS or not run:
+            raise UserError(f"--baseline_run: {short(item)} is not TASK=RUN with TASK one of "
+                            f"{', '.join(tasks.TASKS)}")
+        runs[task] = run
+    return runs
+
+
+def check_baseline_run(baseline, task, run):
+    """the checkpoint of a baseline run trained on the task it is a baseline for"""
+    _, paths = run_checkpoints(baseline, False)
+    trained = load_checkpoint(paths[-1])['config']['task']
+    if trained != task:
+        raise UserError(f"--baseline_run {short(baseline)} was trained on {trained}, but {run} is evaluated "
+                        f"on {task}: a baseline must be trained on the same task")
     return paths[-1]
 
 
@@ -312,7 +330,7 @@ def fmt_score(s, digits=3):
 # -----------------------------------------------------------------------------
 # one run
 
-def evaluate_run(plan, cfg, cache, baseline_ckpt):
+def evaluate_run(plan, cfg, cache):
     task, base = plan['task'], plan['base']
     names = list(dict.fromkeys([base, *plan['record'].plot_baselines, *cfg['extra']]))
     results = {}
@@ -322,7 +340,8 @@ def evaluate_run(plan, cfg, cache, baseline_ckpt):
         c = cache.setdefault(key, {})
         for name in (n for n in ['zero', *names] if n not in c):
             if name.startswith('model:'):
-                model = build_model(baseline_ckpt, task, plan['n_dims'], plan['n_pts'], cfg['device'])[0]
+                model, _ = build_model(plan['baseline_ckpt'], task, plan['n_dims'], plan['n_pts'],
+                                       cfg['device'])
                 fn = partial(model_predict, model)
             else:
                 fn = BASELINES[name]
@@ -478,10 +497,9 @@ def main(argv):
         return
     runs, cfg = parse_args(argv)
     plans = [plan_run(run, cfg) for run in runs]  # every run checked before any evaluation
-    baseline_ckpt = check_baseline_run(cfg, plans)
     check_memory(cfg, plans)
     cache = {}  # baseline errors, shared by the runs evaluated on the same prompts
-    rows = [row for plan in plans for row in evaluate_run(plan, cfg, cache, baseline_ckpt)]
+    rows = [row for plan in plans for row in evaluate_run(plan, cfg, cache)]
     if cfg['out']:
         write_outputs(rows, cfg['out'], cfg['plot'])
 

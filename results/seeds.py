@@ -1,8 +1,8 @@
 """
-The scores of several training seeds per arm, from evaluate.py's JSON files: per arm the mean over seeds with a
-95% confidence interval over seeds (Student's t), each seed's score with its interval over prompts, and the
+The scores of several training seeds per arm, from evaluate.py's JSON files: per arm the mean over seeds with
+a 95% confidence interval over seeds (Student's t), each seed's score with its interval over prompts, and the
 score-by-step curves (mean over seeds, one line per arm).
-    python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse_vs_lasso
+    python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse
 An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gpt2_s1338 -> sparse_gpt2).
 --out=PREFIX writes PREFIX.md (the table), PREFIX.csv and PREFIX_by_step.png; --title names the figure;
 --arms=a,b keeps those arms, in that order (default: all, sorted).
@@ -41,7 +41,8 @@ def load(pattern):
 
 
 def table(arms, baseline):
-    lines = [f'| arm | seeds | mean score vs {baseline} ± 95% CI over seeds | each seed (± 95% CI over prompts) |',
+    header = f'| arm | seeds | mean score vs {baseline} ± 95% CI over seeds | each seed (± 95% CI, prompts) |'
+    lines = [header,
              '|---|---|---|---|']
     csv = ['arm,seeds,mean,ci95_seeds,' + ','.join(f'seed{i}' for i in range(1, 4))]
     for arm, runs in arms.items():
@@ -83,7 +84,7 @@ def main(argv):
     patterns = [a for a in argv if not a.startswith('--')]
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
     if len(patterns) != 1:
-        sys.exit('usage: python results/seeds.py GLOB_OF_EVAL_JSONS [--out=PREFIX] [--title=...] [--arms=a,b]')
+        sys.exit('usage: python results/seeds.py GLOB_OF_EVAL_JSONS [--out=PREFIX] [--title=T] [--arms=a,b]')
     arms = load(patterns[0])
     if not arms:
         sys.exit(f'error: no eval JSON matches {patterns[0]}')
