@@ -10,10 +10,10 @@ mamba_embed = False
 layer_pattern = 'A'
 expand = 4
 # task: random 2-layer ReLU MLPs (width 100, unnormalised as the paper) on d = 5 instead of 20,
-# 26 points instead of 101, no curriculum
+# 16 points instead of 101, no curriculum
 task = 'relu2nn_regression'
 n_dims = 5
-n_points = 26
+n_points = 16
 mlp_hidden = 100
 mlp_normalize = False
 curriculum = False
@@ -24,7 +24,7 @@ n_head = 4
 # optimizer: Adam, constant lr 1e-3 (paper 1e-4 at full size), batch 64 as the paper
 learning_rate = 1e-3
 batch_size = 64
-max_iters = 5000
+max_iters = 3000
 seed = 1337
 ckpt_interval = 500
 keep_every = 1000        # ckpt_1000.pt, ckpt_2000.pt, ...: the score-by-step figures

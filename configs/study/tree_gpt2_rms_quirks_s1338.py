@@ -10,11 +10,11 @@ mamba_embed = False
 layer_pattern = 'A'
 expand = 4
 reference_quirks = True  # the reference package's init (docs/paper.md §3.4)
-# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 26 points instead of 101,
+# task: decision trees of depth 4 (the paper's) on d = 5 instead of 20, 16 points instead of 101,
 # no curriculum
 task = 'decision_tree'
 n_dims = 5
-n_points = 26
+n_points = 16
 tree_depth = 4
 curriculum = False
 # model: E = 64, 4 blocks, 4 heads (paper: E = 256, 12 blocks, 8 heads)
@@ -24,7 +24,7 @@ n_head = 4
 # optimizer: Adam, constant lr 1e-3 (paper 1e-4 at full size), batch 64 as the paper
 learning_rate = 1e-3
 batch_size = 64
-max_iters = 5000
+max_iters = 3000
 seed = 1338
 ckpt_interval = 500
 keep_every = 1000        # ckpt_1000.pt, ckpt_2000.pt, ...: the score-by-step figures
