@@ -44,8 +44,55 @@ C=configs/study
 S=out/study
 
 part2_eval() {  # experiments 6-9: every number RESULTS.md part 2 quotes is printed here or written to results/
-    echo "part 2 evaluation: not written yet" >&2
-    return 1
+    local arms
+    # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline), against least squares, and
+    # on plain linear regression (cross-task: paper Figs. 4b, 5b); then the means over seeds per arm
+    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False
+    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False --score_vs=least_squares
+    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False --task=linear_regression
+    arms=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu,sparse_gpt2_rms_swiglu_quirks
+    arms=$arms,sparse_gpt2_swiglu,sparse_gpt2_rope,sparse_gpt2_rms_rope,sparse_gpt2_rope_swiglu,sparse_llama
+    arms=$arms,sparse_mamba,sparse_llama_mamba
+    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression.json" --arms=$arms \
+        --out=results/sparse_vs_lasso --title='Sparse linear (d = 8, k = 2): score vs the Lasso by step'
+    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression_vs_least_squares.json" --arms=$arms \
+        --out=results/sparse_vs_ls --title='Sparse linear (d = 8, k = 2): score vs least squares by step'
+    python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms \
+        --out=results/sparse_on_linear --title='Trained on sparse linear, scored on linear (vs least squares)'
+    # the error curves of one seed per arm next to least squares and the Lasso
+    python evaluate.py $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu,gpt2_rms_swiglu_quirks,llama}_s1337 \
+        --out=results/sparse_curves_s1337
+    # how far apart the two schemes are, here and at the paper's setting (6,400 prompts)
+    python - <<'PY'
+import torch, tasks, baselines, evaluate
+for d, n, k in ((8, 17, 2), (20, 41, 3)):
+    xs, ys = tasks.sample('sparse_linear_regression', 6400, n, d, torch.Generator().manual_seed(0), sparsity=k)
+    err = {b: (baselines.BASELINES[b](xs, ys) - ys).pow(2).mean(-1) for b in ('zero', 'least_squares', 'lasso')}
+    s = evaluate.score(err['least_squares'], err['zero'], err['lasso'])
+    t = evaluate.score(err['lasso'], err['zero'], err['least_squares'])
+    print(f"d = {d}, k = {k}, {n} points: least squares scores {s['score']:.3f} ± {1.96 * s['se']:.3f} vs the Lasso; "
+          f"the Lasso {t['score']:.3f} ± {1.96 * t['se']:.3f} vs least squares")
+    print('   error by context length, least squares:', ' '.join(f'{v:.2f}' for v in err['least_squares'].mean(0)[:d + 1]))
+    print('   error by context length, the Lasso:    ', ' '.join(f'{v:.2f}' for v in err['lasso'].mean(0)[:d + 1]))
+PY
+    # 7. decision trees: against the trained GPT-2 (seed 1337, the paper's protocol) and against 3-NN, which does
+    # not depend on training
+    python evaluate.py $S/tree_* --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
+    python evaluate.py $S/tree_* --all_ckpts=True --plot=False --score_vs=knn
+    arms=tree_gpt2,tree_gpt2_rms,tree_gpt2_rms_quirks,tree_llama,tree_mamba,tree_mamba_quirks,tree_llama_mamba_pos
+    python results/seeds.py "$S/tree_*/eval_decision_tree.json" --arms=$arms --out=results/tree_vs_gpt2 \
+        --title='Decision trees (d = 5, depth 4): score vs the trained GPT-2 by step'
+    python results/seeds.py "$S/tree_*/eval_decision_tree_vs_knn.json" --arms=$arms --out=results/tree_vs_knn \
+        --title='Decision trees (d = 5, depth 4): score vs 3-NN by step'
+    python evaluate.py $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337 \
+        --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
+    # 8. 2-layer ReLU MLPs: against the GD-trained MLP (the paper's 1,000 Adam steps, one point per step)
+    python evaluate.py $S/mlp_* --all_ckpts=True --out=results/mlp
+    python results/seeds.py "$S/mlp_*/eval_relu2nn_regression.json" --arms=mlp_gpt2,mlp_llama,mlp_mamba \
+        --out=results/mlp_vs_gdmlp --title='2-layer ReLU MLPs (d = 5): score vs the GD-trained MLP by step'
+    # 9. the architectures experiment 1 did not train, on its linear regression
+    python evaluate.py $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
+        gpt2_rope_swiglu llama_mamba_pos llama_mamba_ffn) --out=results/linear_part2
 }
 if [ "${1:-}" = part2 ]; then
     if [ "${2:-}" != eval ]; then
@@ -99,10 +146,11 @@ fi
 python evaluate.py $S/parity_{gpt2,llama,llama_mamba} --baseline_run=$S/parity_mamba --plot=False
 # 1-3 and 5: one Table-3-style score table of every experiment, and one figure per task with every run's error curve.
 # Sparse parity is scored against the Bayes-optimal predictor here (RESULTS.md says why), MQAR against the retrieval dict
-python evaluate.py $S/linear_* $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_{gpt2,llama,mamba,llama_mamba} --out=results/table
+L1=$(printf " $S/linear_%s" gpt2 gpt2_rms llama mamba llama_mamba mambaformer)  # experiment 1's six
+python evaluate.py $L1 $S/parity_{gpt2,llama,mamba,llama_mamba} $S/mqar_{gpt2,llama,mamba,llama_mamba} --out=results/table
 # 1: the equal-steps view (every checkpoint of the linear runs: transformers 5000 steps, Mamba family 2000)
-python evaluate.py $S/linear_* --all_ckpts=True --plot=False
-score_by_step 'out/study/linear_*/eval_linear_regression.json' 'Linear regression, d = 5: score by step' \
+python evaluate.py $L1 --all_ckpts=True --plot=False
+score_by_step 'out/study/linear_{gpt2,gpt2_rms,llama,mamba,llama_mamba,mambaformer}/eval_linear_regression.json' 'Linear regression, d = 5: score by step' \
     'ICL score vs least squares (95% CI)' results/linear_score_vs_step.png
 # 4: the ablation, its own table
 python evaluate.py $S/ablation_* --out=results/ablation
