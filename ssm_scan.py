@@ -1031,7 +1031,8 @@ def resolve_backend(backend, device):
         raise ValueError(f"selective_scan backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    kernel = "triton" if device.type == "cuda" else "cpu" if device.type == "cpu" else None
+    kernels = dict(cuda="triton", cpu="cpu")  # the fused kernel of each device type
+    kernel = kernels.get(device.type)
     if kernel is None or kernel in _fallback_reason or (kernel == "triton" and not HAS_TRITON):
         return "torch"
     return kernel
