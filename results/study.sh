@@ -90,6 +90,19 @@ PY
     python evaluate.py $S/mlp_* --all_ckpts=True --out=results/mlp
     python results/seeds.py "$S/mlp_*/eval_relu2nn_regression.json" --arms=mlp_gpt2,mlp_llama,mlp_mamba \
         --out=results/mlp_vs_gdmlp --title='2-layer ReLU MLPs (d = 5): score vs the GD-trained MLP by step'
+    # the parameter counts of every run of the study, and part 2's training times (from the runs' logs)
+    python - > results/study_params.txt <<'PY'
+import glob, os, train
+from model import ICLModel
+print('| run | backbone params | total |\n|---|---|---|')
+for path in sorted(glob.glob('configs/study/*.py')):
+    counts = ICLModel(train.validate(train.load_config([path])[0])).param_counts()
+    print(f"| {os.path.basename(path)[:-3]} | {counts['backbone']:,} | {counts['total']:,} |")
+PY
+    for f in $S/{sparse,tree,mlp}_*/log.txt $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu,gpt2_rms_rope}/log.txt \
+             $S/linear_{gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}/log.txt; do
+        echo "$(basename "$(dirname "$f")"): $(grep -h 'steps in' "$f" | paste -sd ';' -)"
+    done > results/part2_times.txt
     # 9. the architectures experiment 1 did not train, on its linear regression
     python evaluate.py $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
         gpt2_rope_swiglu llama_mamba_pos llama_mamba_ffn) --out=results/linear_part2
