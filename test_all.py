@@ -1046,6 +1046,12 @@ def test_evaluate_help_lists_every_option():
     r = python("evaluate.py", "--help")
     assert r.returncode == 0 and all(f"--{k}=" in r.stdout for k in evaluate.DEFAULTS)
 
+def test_evaluate_out_as_a_directory_writes_its_table_inside(tmp_path):
+    run = fake_run(tmp_path / "r")
+    (tmp_path / "tables").mkdir()
+    evaluate.main([run, "--n_prompts=64", "--plot=False", f"--out={tmp_path / 'tables'}/"])
+    assert sorted(os.listdir(tmp_path / "tables")) == ["table.csv", "table.md"]  # not hidden .md / .csv files
+
 # -----------------------------------------------------------------------------
 # training: the config
 
@@ -1181,6 +1187,22 @@ def test_train_resume_after_interrupt_is_exact(tmp_path, monkeypatch, one_thread
     assert metrics(tmp_path / "full") == metrics(tmp_path / "cut")
 
 
+def test_train_resume_command_is_shell_quoted(tmp_path, monkeypatch, capsys, one_thread):
+    import shlex
+    import signal
+    run = tmp_path / "a run with spaces"
+    real = train.get_batch
+
+    def interrupt(cfg, step, rank, n, gen=None):
+        if step == 2 and gen is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(cfg, step, rank, n, gen)
+    monkeypatch.setattr(train, "get_batch", interrupt)
+    run_train(run)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("resume with:"))
+    assert shlex.split(line.split(": ", 1)[1]) == ["python", "train.py", f"--out_dir={run}", "--resume=True"]
+
+
 def test_train_ranks_never_share_data():
     cfg = train.load_config([])[0]
     batches = [train.get_batch(cfg, step, rank, 4)[0] for step in range(3) for rank in range(4)]
@@ -1270,3 +1292,4 @@ def test_evaluate_end_to_end_after_train(tmp_path):
     res = json.load(open(os.path.join(out, "eval_linear_regression.json")))
     assert [c["step"] for c in res["checkpoints"]][-2:] == [2, 4] and os.path.exists(os.path.join(out, "eval_linear_regression.png"))
     assert all(math.isfinite(c["score"]["score"]) for c in res["checkpoints"]) and "score vs least_squares" in r.stdout
+
