@@ -109,7 +109,8 @@ PY
 }
 if [ "${1:-}" = part2 ]; then
     if [ "${2:-}" != eval ]; then
-        # two lanes of roughly equal CPU time; the transformer arms first, the Mamba family after them
+        # two lanes of roughly equal CPU time; the transformer arms first, the Mamba family after them (with the
+        # fused CPU scan the Mamba arms get the transformers' step counts)
         train $C/sparse_gpt2_s1337.py $C/sparse_gpt2_rms_s1337.py $C/sparse_gpt2_rms_quirks_s1337.py \
               $C/sparse_gpt2_s1338.py $C/sparse_gpt2_rms_s1338.py $C/sparse_gpt2_rms_quirks_s1338.py \
               $C/sparse_gpt2_s1339.py $C/sparse_gpt2_rms_s1339.py $C/sparse_gpt2_rms_quirks_s1339.py \
@@ -117,7 +118,7 @@ if [ "${1:-}" = part2 ]; then
               $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py $C/tree_llama_s1337.py \
               $C/mlp_gpt2_s1337.py $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
               $C/sparse_mamba_s1337.py $C/tree_mamba_s1337.py $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py \
-              $C/mlp_mamba_s1337.py $C/linear_llama_mamba_pos.py > out/study/part2_laneA.log 2>&1 &
+              $C/mlp_mamba_s1337.py > out/study/part2_laneA.log 2>&1 &
         train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py $C/sparse_llama_s1337.py \
               $C/sparse_gpt2_rms_swiglu_s1338.py $C/sparse_gpt2_rms_swiglu_quirks_s1338.py $C/sparse_llama_s1338.py \
               $C/sparse_gpt2_rms_swiglu_s1339.py $C/sparse_gpt2_rms_swiglu_quirks_s1339.py $C/sparse_llama_s1339.py \
@@ -127,8 +128,7 @@ if [ "${1:-}" = part2 ]; then
               $C/mlp_gpt2_s1338.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py $C/linear_gpt2_rms_rope.py \
               $C/linear_gpt2_rope_swiglu.py \
               $C/sparse_llama_mamba_s1337.py $C/tree_mamba_quirks_s1337.py $C/tree_llama_mamba_pos_s1337.py \
-              $C/linear_llama_mamba_ffn.py \
-              > out/study/part2_laneB.log 2>&1 &
+              $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_laneB.log 2>&1 &
         wait
     fi
     part2_eval
