@@ -507,6 +507,8 @@ def main(argv):
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
+    except BrokenPipeError:  # `python evaluate.py --help | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -829,6 +829,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
+    except BrokenPipeError:  # `python train.py --help | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (UserError, OSError) as e:  # OSError: permissions, a path that is not a directory
         print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
         sys.exit(2)
