@@ -5,7 +5,9 @@ score-by-step curves (mean over seeds, one line per arm).
     python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse
 An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gpt2_s1338 -> sparse_gpt2).
 --out=PREFIX writes PREFIX.md (the table), PREFIX.csv and PREFIX_by_step.png; --title names the figure;
---arms=a,b keeps those arms, in that order (default: all, sorted).
+--arms=a,b keeps those arms, in that order (default: all, sorted). --positions=0-8 adds the squared error at
+those context lengths (mean over seeds, last checkpoint) next to the baselines' (PREFIX_curves.md and
+PREFIX_curves.png): which scheme a model follows where the baselines differ.
 """
 import glob
 import json
@@ -80,6 +82,37 @@ def by_step(arms, path, title, ylabel):
     plt.close(fig)
 
 
+def curves(arms, positions, prefix, title):
+    """error by context length at `positions`: each arm's last checkpoint (mean over seeds), the baselines"""
+    import matplotlib
+    matplotlib.use('agg')
+    import matplotlib.pyplot as plt
+    first = next(iter(arms.values()))[0]
+    rows = {}
+    for arm, runs in arms.items():
+        means = [sum(r['checkpoints'][-1]['mean'][i] for r in runs) / len(runs) for i in positions]
+        rows[f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"] = means
+    lines = ['| context length | ' + ' | '.join(str(i) for i in positions) + ' |',
+             '|---' * (len(positions) + 1) + '|']
+    baseline_rows = {f'`{name}`': [b['mean'][i] for i in positions] for name, b in first['baselines'].items()}
+    baseline_rows['`zero`'] = [first['zero']['mean'][i] for i in positions]
+    for label, values in {**rows, **baseline_rows}.items():
+        lines.append(f'| {label} | ' + ' | '.join(f'{v:.3f}' for v in values) + ' |')
+    with open(prefix + '_curves.md', 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+    fig, ax = plt.subplots(figsize=(6.8, 4.2))
+    for label, values in rows.items():
+        ax.plot(positions, values, marker='o', ms=3, label=label)
+    for label, values in baseline_rows.items():
+        ax.plot(positions, values, ls='--', lw=1.5, label=label.strip('`'))
+    ax.set(xlabel='in-context examples', ylabel='squared error (mean over seeds)', title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(prefix + '_curves.png', dpi=110)
+    plt.close(fig)
+
+
 def main(argv):
     patterns = [a for a in argv if not a.startswith('--')]
     opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
@@ -104,6 +137,9 @@ def main(argv):
         title = opts.get('title', os.path.basename(prefix))
         by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean over seeds, 95% CI)')
         print(f'wrote {prefix}.md, {prefix}.csv and {prefix}_by_step.png')
+        if 'positions' in opts:
+            lo, _, hi = opts['positions'].partition('-')
+            curves(arms, list(range(int(lo), int(hi or lo) + 1)), prefix, title)
 
 
 if __name__ == '__main__':

@@ -53,11 +53,11 @@ part2_eval() {  # experiments 6-9: every number RESULTS.md part 2 quotes is prin
     arms=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu,sparse_gpt2_rms_swiglu_quirks
     arms=$arms,sparse_gpt2_swiglu,sparse_gpt2_rope,sparse_gpt2_rms_rope,sparse_gpt2_rope_swiglu,sparse_llama
     arms=$arms,sparse_mamba,sparse_llama_mamba
-    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression.json" --arms=$arms \
+    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression.json" --arms=$arms --positions=0-10 \
         --out=results/sparse_vs_lasso --title='Sparse linear (d = 8, k = 2): score vs the Lasso by step'
     python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression_vs_least_squares.json" --arms=$arms \
         --out=results/sparse_vs_ls --title='Sparse linear (d = 8, k = 2): score vs least squares by step'
-    python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms \
+    python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms --positions=0-10 \
         --out=results/sparse_on_linear --title='Trained on sparse linear, scored on linear (vs least squares)'
     # the error curves of one seed per arm next to least squares and the Lasso
     python evaluate.py $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu,gpt2_rms_swiglu_quirks,llama}_s1337 \
@@ -82,13 +82,14 @@ PY
     arms=tree_gpt2,tree_gpt2_rms,tree_gpt2_rms_quirks,tree_llama,tree_mamba,tree_mamba_quirks,tree_llama_mamba_pos
     python results/seeds.py "$S/tree_*/eval_decision_tree.json" --arms=$arms --out=results/tree_vs_gpt2 \
         --title='Decision trees (d = 5, depth 4): score vs the trained GPT-2 by step'
-    python results/seeds.py "$S/tree_*/eval_decision_tree_vs_knn.json" --arms=$arms --out=results/tree_vs_knn \
+    python results/seeds.py "$S/tree_*/eval_decision_tree_vs_knn.json" --arms=$arms --positions=0-15 \
+        --out=results/tree_vs_knn \
         --title='Decision trees (d = 5, depth 4): score vs 3-NN by step'
     python evaluate.py $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337 \
         --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
     # 8. 2-layer ReLU MLPs: against the GD-trained MLP (the paper's 1,000 Adam steps, one point per step)
     python evaluate.py $S/mlp_* --all_ckpts=True --out=results/mlp
-    python results/seeds.py "$S/mlp_*/eval_relu2nn_regression.json" --arms=mlp_gpt2,mlp_llama,mlp_mamba \
+    python results/seeds.py "$S/mlp_*/eval_relu2nn_regression.json" --arms=mlp_gpt2,mlp_llama,mlp_mamba --positions=0-15 \
         --out=results/mlp_vs_gdmlp --title='2-layer ReLU MLPs (d = 5): score vs the GD-trained MLP by step'
     # the parameter counts of every run of the study, and part 2's training times (from the runs' logs)
     python - > results/study_params.txt <<'PY'
