@@ -880,13 +880,13 @@ def test_hacking_a_new_baseline_is_one_function(monkeypatch, tmp_path):
 # -----------------------------------------------------------------------------
 # evaluation
 
-def fake_run(path, n_dims=3, n_points=7, task="linear_regression", steps=(0,), **model_kw):
+def fake_run(path, n_dims=3, n_points=7, task="linear_regression", steps=(0,), init_seed=0, **model_kw):
     """a run directory in train.py's format around an untrained tiny model (no training needed to test evaluate)"""
     margs = dict(n_dims=n_dims, y_dim=tasks.y_dim(task, n_dims), n_positions=16, n_layer=1, n_embd=16, n_head=2, **model_kw)
     cfg = dict(task=task, n_dims=n_dims, n_points=n_points, arch="gpt2", **tasks.TASK_DEFAULTS)
     os.makedirs(path, exist_ok=True)
     for step in steps:
-        torch.manual_seed(step)
+        torch.manual_seed(init_seed + step)
         m = ICLModel(ModelConfig(**margs))
         ckpt = dict(model=m.state_dict(), optimizer={}, step=step, config=cfg, model_args=margs)
         torch.save(ckpt, os.path.join(path, f"ckpt_{step:07d}.pt"))
@@ -961,6 +961,34 @@ def test_evaluate_never_merges_or_doubles_runs(tmp_path, capsys):
     one = os.path.join(a, "ckpt_0000000.pt")
     evaluate.main([one, "--n_prompts=64", "--plot=False"])
     assert json.load(open(os.path.join(a, "eval_linear_regression.json")))["checkpoints"][-1]["step"] == 0
+
+
+def test_seeds_script_averages_over_seeds_and_compares_arms_at_equal_steps(tmp_path):
+    # results/seeds.py: an arm is a run name less `_s<seed>`; its row is the mean over seeds; --step=N reads
+    # every run's step-N checkpoint instead of its last (an arm trained longer, compared at equal steps)
+    names = ("a_s1", "a_s2", "b_s1")
+    for i, name in enumerate(names):
+        fake_run(tmp_path / name, steps=(0, 5), init_seed=100 * i)
+    evaluate.main([str(tmp_path / n) for n in names] + ["--n_prompts=64", "--plot=False", "--all_ckpts=True"])
+    res = {n: json.load(open(tmp_path / n / "eval_linear_regression.json")) for n in names}
+    first = [res[n]["checkpoints"][0]["score"]["score"] for n in ("a_s1", "a_s2")]
+    last = [res[n]["score"]["score"] for n in ("a_s1", "a_s2")]
+    assert first != last and last[0] != last[1]  # else the test could not tell the cases apart
+    pattern = str(tmp_path / "*" / "eval_linear_regression.json")
+    r = python("results/seeds.py", pattern, f"--out={tmp_path}/t", "--arms=b,a")
+    assert r.returncode == 0, r.stderr
+    rows = open(tmp_path / "t.csv").read().splitlines()
+    assert rows[1].startswith("b,1,") and rows[2].startswith("a,2,")
+    assert float(rows[2].split(",")[2]) == pytest.approx(sum(last) / 2, abs=1e-5)
+    assert "(one seed)" in open(tmp_path / "t.md").read()
+    assert os.path.getsize(tmp_path / "t_by_step.png") > 1000
+    r = python("results/seeds.py", pattern, f"--out={tmp_path}/s0", "--step=0")
+    assert r.returncode == 0, r.stderr
+    rows = open(tmp_path / "s0.csv").read().splitlines()
+    assert rows[1].startswith("a,2,") and float(rows[1].split(",")[2]) == pytest.approx(sum(first) / 2, abs=1e-5)
+    assert "step-0 checkpoint" in open(tmp_path / "s0.md").read()
+    r = python("results/seeds.py", pattern, "--step=7")
+    assert r.returncode != 0 and "no run" in r.stderr and "step-7" in r.stderr
 
 
 def test_evaluate_skips_a_checkpoint_that_rotates_away(tmp_path, monkeypatch, capsys):

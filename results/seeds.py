@@ -7,7 +7,9 @@ An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gp
 --out=PREFIX writes PREFIX.md (the table), PREFIX.csv and PREFIX_by_step.png; --title names the figure;
 --arms=a,b keeps those arms, in that order (default: all, sorted). --positions=0-8 adds the squared error at
 those context lengths (mean over seeds, last checkpoint) next to the baselines' (PREFIX_curves.md and
-PREFIX_curves.png): which scheme a model follows where the baselines differ.
+PREFIX_curves.png): which scheme a model follows where the baselines differ. --step=N scores every run at its
+step-N checkpoint instead of its last (needs evaluate.py --all_ckpts=True): arms trained for different numbers
+of steps compared at equal steps; a run without that checkpoint is left out, and the table says so.
 """
 import glob
 import json
@@ -40,6 +42,19 @@ def load(pattern):
         res = json.load(open(path))
         arms.setdefault(arm_of(res['run']), []).append(res)
     return arms
+
+
+def at_step(arms, step):
+    # each run's result with its step-`step` checkpoint's score in place of the last one's
+    kept = {}
+    for arm, runs in arms.items():
+        for r in runs:
+            match = [c for c in r.get('checkpoints', []) if c['step'] == step]
+            if match:
+                kept.setdefault(arm, []).append(dict(r, score=match[0]['score']))
+            else:
+                print(f'note: {r["run"]} has no step-{step} checkpoint in its JSON; left out', file=sys.stderr)
+    return kept
 
 
 def table(arms, baseline):
@@ -125,8 +140,16 @@ def main(argv):
         arms = {a: arms[a] for a in opts['arms'].split(',') if a in arms}
     else:
         arms = dict(sorted(arms.items()))
+    if 'step' in opts and 'positions' in opts:
+        sys.exit('error: --positions reads the last checkpoint\'s errors; it cannot be combined with --step')
+    if 'step' in opts:
+        arms = at_step(arms, int(opts['step']))
+        if not arms:
+            sys.exit(f'error: no run in {patterns[0]} has a step-{opts["step"]} checkpoint')
     baseline = next(iter(arms.values()))[0]['score_baseline']
     lines, csv = table(arms, baseline)
+    if 'step' in opts:
+        lines.insert(0, f'Every run at its step-{opts["step"]} checkpoint.\n')
     print('\n'.join(lines))
     if 'out' in opts:
         prefix = opts['out']

@@ -4,7 +4,8 @@
 #     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
 #     bash results/study.sh followups  # the longer follow-ups (d = 6 parity, 3,000-step Llama MQAR), trained and evaluated
 #     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train in two lanes, then evaluate
-#     bash results/study.sh part2 eval # evaluate part 2 only
+#     bash results/study.sh part2 eval # evaluate part 2 only (whichever of its runs exist)
+#     bash results/study.sh part2 rest # train the part-2 arms the CPU budget left out, then evaluate part 2
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are skipped.
 # Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
 set -euo pipefail
@@ -43,25 +44,38 @@ PY
 C=configs/study
 S=out/study
 
-part2_eval() {  # experiments 6-9: every number RESULTS.md part 2 quotes is printed here or written to results/
-    local arms
+finished() {  # those of the given run directories whose run reached its last step: part 2 evaluates what was
+    for d in "$@"; do                                      # trained to the end, never a run stopped half-way
+        if grep -qs '^done at step' "$d/log.txt"; then
+            echo "$d"
+        fi
+    done
+}
+
+part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every number RESULTS.md part 2 quotes
+    local arms       # is printed here or written to results/
+    local only=${1:-all}
+    if [ "$only" = all ] || [ "$only" = sparse ]; then
     # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline), against least squares, and
     # on plain linear regression (cross-task: paper Figs. 4b, 5b); then the means over seeds per arm
-    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False
-    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False --score_vs=least_squares
-    python evaluate.py $S/sparse_* --all_ckpts=True --plot=False --task=linear_regression
+    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False
+    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --score_vs=least_squares
+    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --task=linear_regression
     arms=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu,sparse_gpt2_rms_swiglu_quirks
     arms=$arms,sparse_gpt2_swiglu,sparse_gpt2_rope,sparse_gpt2_rms_rope,sparse_gpt2_rope_swiglu,sparse_llama
     arms=$arms,sparse_mamba,sparse_llama_mamba
     python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression.json" --arms=$arms --positions=0-10 \
         --out=results/sparse_vs_lasso --title='Sparse linear (d = 8, k = 2): score vs the Lasso by step'
+    # every arm at step 4,000, where the hybrid (trained 4,000 steps, the transformers 6,000) stops
+    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression.json" --arms=$arms --step=4000 \
+        --out=results/sparse_vs_lasso_step4000 --title='Sparse linear (d = 8, k = 2): score vs the Lasso'
     python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression_vs_least_squares.json" --arms=$arms \
         --out=results/sparse_vs_ls --title='Sparse linear (d = 8, k = 2): score vs least squares by step'
     python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms --positions=0-10 \
         --out=results/sparse_on_linear --title='Trained on sparse linear, scored on linear (vs least squares)'
     # the error curves of one seed per arm next to least squares and the Lasso
-    python evaluate.py $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu,gpt2_rms_swiglu_quirks,llama}_s1337 \
-        --out=results/sparse_curves_s1337
+    python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu,gpt2_rms_swiglu_quirks}_s1337 \
+        $S/sparse_{gpt2_swiglu,llama,llama_mamba}_s1337) --out=results/sparse_curves_s1337
     # how far apart the two schemes are, here and at the paper's setting (6,400 prompts)
     python - <<'PY'
 import torch, tasks, baselines, evaluate
@@ -75,64 +89,85 @@ for d, n, k in ((8, 17, 2), (20, 41, 3)):
     print('   error by context length, least squares:', ' '.join(f'{v:.2f}' for v in err['least_squares'].mean(0)[:d + 1]))
     print('   error by context length, the Lasso:    ', ' '.join(f'{v:.2f}' for v in err['lasso'].mean(0)[:d + 1]))
 PY
+    fi
+    if [ "$only" = all ] || [ "$only" = tree ]; then
     # 7. decision trees: against the trained GPT-2 (seed 1337, the paper's protocol) and against 3-NN, which does
     # not depend on training
-    python evaluate.py $S/tree_* --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
-    python evaluate.py $S/tree_* --all_ckpts=True --plot=False --score_vs=knn
+    python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
+    python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --score_vs=knn
     arms=tree_gpt2,tree_gpt2_rms,tree_gpt2_rms_quirks,tree_llama,tree_mamba,tree_mamba_quirks,tree_llama_mamba_pos
     python results/seeds.py "$S/tree_*/eval_decision_tree.json" --arms=$arms --out=results/tree_vs_gpt2 \
         --title='Decision trees (d = 5, depth 4): score vs the trained GPT-2 by step'
     python results/seeds.py "$S/tree_*/eval_decision_tree_vs_knn.json" --arms=$arms --positions=0-15 \
         --out=results/tree_vs_knn \
         --title='Decision trees (d = 5, depth 4): score vs 3-NN by step'
-    python evaluate.py $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337 \
+    python evaluate.py $(finished $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337) \
         --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
+    fi
+    if [ "$only" = all ] || [ "$only" = mlp ]; then
     # 8. 2-layer ReLU MLPs: against the GD-trained MLP (the paper's 1,000 Adam steps, one point per step)
-    python evaluate.py $S/mlp_* --all_ckpts=True --out=results/mlp
+    python evaluate.py $(finished $S/mlp_*) --all_ckpts=True --out=results/mlp
     python results/seeds.py "$S/mlp_*/eval_relu2nn_regression.json" --arms=mlp_gpt2,mlp_llama,mlp_mamba --positions=0-15 \
         --out=results/mlp_vs_gdmlp --title='2-layer ReLU MLPs (d = 5): score vs the GD-trained MLP by step'
+    fi
+    if [ "$only" = all ] || [ "$only" = rest ]; then
     # the parameter counts of every run of the study, and part 2's training times (from the runs' logs)
     python - > results/study_params.txt <<'PY'
-import glob, os, train
+import glob, os, tasks, train
 from model import ICLModel
+# the paper's presets (configs/<arch>.py at their own size, E = 256, 12 blocks), then the study's runs
+presets = [p for p in sorted(glob.glob('configs/*.py')) if os.path.basename(p)[:-3] not in tasks.TASKS]
 print('| run | backbone params | total |\n|---|---|---|')
-for path in sorted(glob.glob('configs/study/*.py')):
+for path in presets + sorted(glob.glob('configs/study/*.py')):
     counts = ICLModel(train.validate(train.load_config([path])[0])).param_counts()
-    print(f"| {os.path.basename(path)[:-3]} | {counts['backbone']:,} | {counts['total']:,} |")
+    print(f"| {path[len('configs/'):-3]} | {counts['backbone']:,} | {counts['total']:,} |")
 PY
-    for f in $S/{sparse,tree,mlp}_*/log.txt $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu,gpt2_rms_rope}/log.txt \
-             $S/linear_{gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}/log.txt; do
-        echo "$(basename "$(dirname "$f")"): $(grep -h 'steps in' "$f" | paste -sd ';' -)"
+    for d in $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu,gpt2_rms_rope} \
+               $S/linear_{gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}); do
+        echo "$(basename "$d"): $(grep -h 'steps in' "$d/log.txt" | paste -sd ';' -)"
     done > results/part2_times.txt
-    # 9. the architectures experiment 1 did not train, on its linear regression
-    python evaluate.py $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
-        gpt2_rope_swiglu llama_mamba_pos llama_mamba_ffn) --out=results/linear_part2
+    # 9. the architectures experiment 1 did not train, on its linear regression (when `part2 rest` trained them)
+    arms=$(finished $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
+        gpt2_rope_swiglu llama_mamba_pos llama_mamba_ffn))
+    if [ -n "$arms" ]; then
+        python evaluate.py $arms --out=results/linear_part2
+    fi
+    fi
 }
+if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
+    # the part-2 arms the two-core budget left out (RESULTS.md part 2 says which): the RoPE sparse-linear arms,
+    # the remaining seeds of the tree quirks and Mamba arms, Mamba's sparse-linear and MLP runs, experiment 9
+    train $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
+          $C/tree_gpt2_rms_quirks_s1338.py $C/tree_gpt2_rms_quirks_s1339.py $C/tree_llama_s1337.py \
+          $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
+          > out/study/part2_rest_laneA.log 2>&1 &
+    train $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py $C/sparse_mamba_s1337.py \
+          $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py $C/mlp_mamba_s1337.py \
+          $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
+    wait
+    part2_eval
+    exit
+fi
 if [ "${1:-}" = part2 ]; then
     if [ "${2:-}" != eval ]; then
-        # two lanes of roughly equal CPU time; the transformer arms first, the Mamba family after them (with the
-        # fused CPU scan the Mamba arms get the transformers' step counts)
+        # two lanes of roughly equal CPU time (about 95 minutes each), in order of what RESULTS.md part 2 needs
+        # most: the 3-seed sparse-linear arms, GPT-2 SwiGLU (Fig. 5), the trees' GPT-2 (the tree score's
+        # baseline) and GPT-2 RMS, the MLP arms, then the Mamba family (about 4x a transformer's step time)
         train $C/sparse_gpt2_s1337.py $C/sparse_gpt2_rms_s1337.py $C/sparse_gpt2_rms_quirks_s1337.py \
               $C/sparse_gpt2_s1338.py $C/sparse_gpt2_rms_s1338.py $C/sparse_gpt2_rms_quirks_s1338.py \
               $C/sparse_gpt2_s1339.py $C/sparse_gpt2_rms_s1339.py $C/sparse_gpt2_rms_quirks_s1339.py \
-              $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_swiglu_s1337.py \
-              $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py $C/tree_llama_s1337.py \
-              $C/mlp_gpt2_s1337.py $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
-              $C/sparse_mamba_s1337.py $C/tree_mamba_s1337.py $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py \
-              $C/mlp_mamba_s1337.py > out/study/part2_laneA.log 2>&1 &
+              $C/sparse_gpt2_swiglu_s1337.py $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py \
+              $C/mlp_gpt2_s1337.py $C/mlp_gpt2_s1338.py $C/tree_mamba_s1337.py $C/sparse_llama_mamba_s1337.py \
+              > out/study/part2_laneA.log 2>&1 &
         train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py $C/sparse_llama_s1337.py \
               $C/sparse_gpt2_rms_swiglu_s1338.py $C/sparse_gpt2_rms_swiglu_quirks_s1338.py $C/sparse_llama_s1338.py \
               $C/sparse_gpt2_rms_swiglu_s1339.py $C/sparse_gpt2_rms_swiglu_quirks_s1339.py $C/sparse_llama_s1339.py \
-              $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
-              $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_quirks_s1337.py $C/tree_gpt2_rms_s1338.py \
-              $C/tree_gpt2_rms_quirks_s1338.py $C/tree_gpt2_rms_s1339.py $C/tree_gpt2_rms_quirks_s1339.py \
-              $C/mlp_gpt2_s1338.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py $C/linear_gpt2_rms_rope.py \
-              $C/linear_gpt2_rope_swiglu.py \
-              $C/sparse_llama_mamba_s1337.py $C/tree_mamba_quirks_s1337.py $C/tree_llama_mamba_pos_s1337.py \
-              $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_laneB.log 2>&1 &
+              $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_s1338.py $C/tree_gpt2_rms_s1339.py \
+              $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
+              $C/tree_llama_mamba_pos_s1337.py $C/tree_mamba_s1338.py > out/study/part2_laneB.log 2>&1 &
         wait
     fi
-    part2_eval
+    part2_eval "${3:-all}"
     exit
 fi
 if [ "${1:-}" = followups ]; then
