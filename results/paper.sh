@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # The paper's sweep at the paper's settings: 12 architectures x 6 tasks = 72 runs (configs/<arch>.py and
-# configs/<task>.py: E = 256, 12 blocks, the task's dimension, prompt length, curriculum, learning rate, 500k steps;
-# MQAR's E = 128, 2 blocks), then the Table-3 evaluation. Runs go to out/paper/<arch>-<task>/.
-#     bash results/paper.sh                  # train on every GPU of this machine (one run per GPU at a time), evaluate
+# configs/<task>.py: E = 256, 12 blocks, the task's dimension, prompt length, curriculum, learning rate,
+# 500k steps; MQAR's E = 128, 2 blocks), then the Table-3 evaluation. Runs go to out/paper/<arch>-<task>/.
+#     bash results/paper.sh                  # train on every GPU of this machine (one run per GPU at a time),
+#                                            # evaluate
 #     bash results/paper.sh --dry-run        # print the 72 training commands, one per line, and nothing else
 #     bash results/paper.sh --slurm          # write out/paper/sweep.sbatch: a SLURM array, one task per run
 #     bash results/paper.sh --eval           # only the evaluation (results/paper_table3.md and _classical.md)
-#     bash results/paper.sh --cost           # the projected cost of the sweep, from the steps/s the runs logged
+#     bash results/paper.sh --cost           # the projected cost of the sweep, from the steps/s
+#                                            # the runs logged
 #     bash results/paper.sh --archs=gpt2,mamba --tasks=linear_regression   # a subset
 #     bash results/paper.sh --max_iters=2 --device=cpu                     # any --key=value goes to every run
-# Resumable: a run with a checkpoint continues (--resume=True), a finished one resumes to nothing at once; stop
-# and restart the script any time. One log per run: out/paper/<arch>-<task>.log. Environment: GPUS=0,2 picks the
-# GPUs; PAPER_OUT (default out/paper) and PAPER_TABLE (default results/paper_table3) move the outputs;
-# EVAL_ARGS="--n_prompts=640" goes to evaluate.py.
+# Resumable: a run with a checkpoint continues (--resume=True), a finished one resumes to nothing at once;
+# stop and restart the script any time. One log per run: out/paper/<arch>-<task>.log. Environment: GPUS=0,2
+# picks the GPUs; PAPER_OUT (default out/paper) and PAPER_TABLE (default results/paper_table3) move the
+# outputs; EVAL_ARGS="--n_prompts=640" goes to evaluate.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ARCHS=(gpt2 gpt2_rms gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope gpt2_rope_swiglu llama llama_mamba_pos
-       llama_mamba_ffn llama_mamba mamba)
+ARCHS=(gpt2 gpt2_rms gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope gpt2_rope_swiglu llama
+       llama_mamba_pos llama_mamba_ffn llama_mamba mamba)
 TASKS=(linear_regression sparse_linear_regression relu2nn_regression decision_tree sparse_parity mqar)
 MODE=train
 EXTRA=()
@@ -30,7 +32,10 @@ for arg in "$@"; do
         --archs=*) IFS=, read -r -a ARCHS <<< "${arg#--archs=}" ;;
         --tasks=*) IFS=, read -r -a TASKS <<< "${arg#--tasks=}" ;;
         --*=*) EXTRA+=("$arg") ;;
-        *) echo "error: results/paper.sh does not take ${arg@Q} (see the header of results/paper.sh)" >&2; exit 2 ;;
+        *)
+            echo "error: results/paper.sh does not take ${arg@Q} (see the header of results/paper.sh)" >&2
+            exit 2
+            ;;
     esac
 done
 OUT=${PAPER_OUT:-out/paper}
@@ -64,7 +69,8 @@ if [ "$MODE" = slurm ]; then
         echo '#!/usr/bin/env bash'
         echo '# a SLURM array: one task per (architecture, task) run; submit from the repository root:'
         echo "#     sbatch $script"
-        echo '# resubmitting continues every unfinished run from its checkpoint. Set --time and the partition for'
+        echo '# resubmitting continues every unfinished run from its checkpoint. Set --time and the' \
+            'partition for'
         echo '# your cluster: at 500k steps a run takes from hours to days (bash results/paper.sh --cost)'
         echo '#SBATCH --job-name=icl-paper'
         echo "#SBATCH --array=0-$((${#PAIRS[@]} - 1))"
@@ -83,7 +89,8 @@ if [ "$MODE" = slurm ]; then
         echo "run=$OUT/\$arch-\$task"
         echo 'resume=()'
         echo '[ -f "$run/ckpt.pt" ] && resume=(--resume=True)'
-        printf 'exec python train.py configs/$arch.py configs/$task.py --out_dir=$run "${resume[@]+"${resume[@]}"}"'
+        printf 'exec python train.py configs/$arch.py configs/$task.py --out_dir=$run '
+        printf '"${resume[@]+"${resume[@]}"}"'
         for e in "${EXTRA[@]+"${EXTRA[@]}"}"; do printf ' %q' "$e"; done
         printf '\n'
     } > "$script"
@@ -101,7 +108,8 @@ for run in sorted(glob.glob(os.path.join(out, '*-*'))):
     log, metrics = os.path.join(run, 'log.txt'), os.path.join(run, 'metrics.jsonl')
     if not (os.path.isfile(log) and os.path.isfile(metrics)):
         continue
-    device = next((l.split(' on ')[1].split(' |')[0] for l in open(log) if ' on ' in l and 'process(es)' in l), '?')
+    device = next((l.split(' on ')[1].split(' |')[0] for l in open(log)
+                   if ' on ' in l and 'process(es)' in l), '?')
     rates = [json.loads(l).get('steps_per_s') for l in open(metrics) if l.endswith('\n')]
     rates = [r for r in rates[len(rates) // 2:] if r]  # the second half: past the warm-up
     rate = sorted(rates)[len(rates) // 2] if rates else None

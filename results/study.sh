@@ -138,10 +138,16 @@ for path in presets + sorted(glob.glob('configs/study/*.py')):
     counts = ICLModel(train.validate(train.load_config([path])[0])).param_counts()
     print(f"| {path[len('configs/'):-3]} | {counts['backbone']:,} | {counts['total']:,} |")
 PY
-    for d in $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu} \
-               $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}); do
-        echo "$(basename "$d"): $(grep -h 'steps in' "$d/log.txt" | paste -sd ';' -)"
-    done > results/part2_times.txt
+    # per run: its last held-out loss and the 'done at step' line(s) of its log (with the training time)
+    python - $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu} \
+        $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}) > results/part2_times.txt <<'PY'
+import json, os, sys
+for run in sys.argv[1:]:
+    rows = [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl'))]
+    val = [r for r in rows if 'val_loss' in r][-1]
+    done = [line.strip() for line in open(os.path.join(run, 'log.txt')) if line.startswith('done at step')]
+    print(f"{os.path.basename(run)}: val_loss {val['val_loss']:.4f} at step {val['step']}; {'; '.join(done)}")
+PY
     # 9. the architectures experiment 1 did not train, on its linear regression (once `part2 rest`
     # trained them)
     arms=$(finished $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
