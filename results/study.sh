@@ -64,11 +64,15 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
     local arms       # is printed here or written to results/
     local only=${1:-all}
     if [ "$only" = all ] || [ "$only" = sparse ]; then
-    # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline), against least
-    # squares, and on plain linear regression (cross-task: paper Figs. 4b, 5b); then the means over seeds
+    # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline); the last one against
+    # least squares and on plain linear regression (cross-task: paper Fig. 4b); every checkpoint of those
+    # two for the arms of Figs. 4 and 5 (GPT-2 RMS SwiGLU, GPT-2 SwiGLU); then the means over seeds
     python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False
-    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --score_vs=least_squares
-    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --task=linear_regression
+    python evaluate.py $(finished $S/sparse_*) --plot=False --score_vs=least_squares
+    python evaluate.py $(finished $S/sparse_*) --plot=False --task=linear_regression
+    arms=$(finished $S/sparse_gpt2_rms_swiglu_s* $S/sparse_gpt2_swiglu_s*)
+    python evaluate.py $arms --all_ckpts=True --plot=False --score_vs=least_squares
+    python evaluate.py $arms --all_ckpts=True --plot=False --task=linear_regression
     arms=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu
     arms=$arms,sparse_gpt2_rms_swiglu_quirks
     arms=$arms,sparse_gpt2_swiglu,sparse_gpt2_rope,sparse_gpt2_rms_rope,sparse_gpt2_rope_swiglu,sparse_llama
@@ -82,6 +86,12 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
         --out=results/sparse_vs_ls --title='Sparse linear (d = 8, k = 2): score vs least squares by step'
     python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms --positions=0-10 \
         --out=results/sparse_on_linear --title='Trained on sparse linear, scored on linear (vs least squares)'
+    # Figs. 4 and 5: the two SwiGLU arms' every checkpoint against least squares, and on plain linear
+    arms=sparse_gpt2_rms_swiglu,sparse_gpt2_swiglu
+    python results/seeds.py "$S/sparse_*/eval_sparse_linear_regression_vs_least_squares.json" --arms=$arms \
+        --out=results/fig45_vs_ls --title='Sparse linear: the SwiGLU arms against least squares by step'
+    python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms \
+        --out=results/fig45_on_linear --title='Trained on sparse linear, scored on linear: the SwiGLU arms'
     # the error curves of one seed per arm next to least squares and the Lasso
     python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu}_s1337 \
         $S/sparse_{gpt2_rms_swiglu_quirks,gpt2_swiglu,llama,llama_mamba}_s1337) \
@@ -105,10 +115,10 @@ for d, n, k in ((8, 17, 2), (20, 41, 3)):
 PY
     fi
     if [ "$only" = all ] || [ "$only" = tree ]; then
-    # 7. decision trees: against the trained GPT-2 (seed 1337, the paper's protocol) and against 3-NN,
-    # which does not depend on training
+    # 7. decision trees: every kept checkpoint against the trained GPT-2 (seed 1337, the paper's protocol),
+    # the last one against 3-NN, which does not depend on training
     python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
-    python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --score_vs=knn
+    python evaluate.py $(finished $S/tree_*) --plot=False --score_vs=knn
     arms=tree_gpt2,tree_gpt2_rms,tree_gpt2_rms_quirks,tree_llama,tree_mamba,tree_mamba_quirks
     arms=$arms,tree_llama_mamba_pos
     python results/seeds.py "$S/tree_*/eval_decision_tree.json" --arms=$arms --out=results/tree_vs_gpt2 \
