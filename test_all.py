@@ -982,6 +982,10 @@ def test_seeds_script_averages_over_seeds_and_compares_arms_at_equal_steps(tmp_p
     assert float(rows[2].split(",")[2]) == pytest.approx(sum(last) / 2, abs=1e-5)
     assert "(one seed)" in open(tmp_path / "t.md").read()
     assert os.path.getsize(tmp_path / "t_by_step.png") > 1000
+    every = open(tmp_path / "t_by_step.csv").read().splitlines()  # each run's each checkpoint
+    assert len(every) == 1 + 3 * 2 and every[1].startswith("b,")
+    step0 = [line for line in every if line.startswith("a,") and line.split(",")[2] == "0"]
+    assert sorted(float(line.split(",")[3]) for line in step0) == pytest.approx(sorted(first), abs=1e-5)
     r = python("results/seeds.py", pattern, f"--out={tmp_path}/s0", "--step=0")
     assert r.returncode == 0, r.stderr
     rows = open(tmp_path / "s0.csv").read().splitlines()

@@ -4,7 +4,8 @@ a 95% confidence interval over seeds (Student's t), each seed's score with its i
 score-by-step curves (mean over seeds, one line per arm).
     python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse
 An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gpt2_s1338 -> sparse_gpt2).
---out=PREFIX writes PREFIX.md (the table), PREFIX.csv and PREFIX_by_step.png; --title names the figure;
+--out=PREFIX writes PREFIX.md (the table), PREFIX.csv, PREFIX_by_step.png and PREFIX_by_step.csv (every run's
+every checkpoint); --title names the figure;
 --arms=a,b keeps those arms, in that order (default: all, sorted). --positions=0-8 adds the squared error at
 those context lengths (mean over seeds, last checkpoint) next to the baselines' (PREFIX_curves.md and
 PREFIX_curves.png): which scheme a model follows where the baselines differ. --step=N scores every run at its
@@ -53,7 +54,8 @@ def at_step(arms, step):
             if match:
                 kept.setdefault(arm, []).append(dict(r, score=match[0]['score']))
             else:
-                print(f'note: {r["run"]} has no step-{step} checkpoint in its JSON; left out', file=sys.stderr)
+                print(f'note: {r["run"]} has no step-{step} checkpoint in its JSON; left out',
+                      file=sys.stderr)
     return kept
 
 
@@ -159,7 +161,15 @@ def main(argv):
             f.write('\n'.join(csv) + '\n')
         title = opts.get('title', os.path.basename(prefix))
         by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean over seeds, 95% CI)')
-        print(f'wrote {prefix}.md, {prefix}.csv and {prefix}_by_step.png')
+        with open(prefix + '_by_step.csv', 'w') as f:  # every run's every checkpoint, behind the figure
+            f.write('arm,run,step,score,ci95_prompts\n')
+            for arm, runs in arms.items():
+                for r in runs:
+                    for c in r['checkpoints']:
+                        value = c['score']['score']
+                        half = 1.96 * c['score']['se']
+                        f.write(f"{arm},{r['run']},{c['step']},{value:.6f},{half:.6f}\n")
+        print(f'wrote {prefix}.md, {prefix}.csv, {prefix}_by_step.png and {prefix}_by_step.csv')
         if 'positions' in opts:
             lo, _, hi = opts['positions'].partition('-')
             curves(arms, list(range(int(lo), int(hi or lo) + 1)), prefix, title)

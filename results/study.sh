@@ -67,6 +67,11 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
     # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline); the last one against
     # least squares and on plain linear regression (cross-task: paper Fig. 4b); every checkpoint of those
     # two for the arms of Figs. 4 and 5 (GPT-2 RMS SwiGLU, GPT-2 SwiGLU); then the means over seeds
+    # the error curves of one seed per arm next to least squares and the Lasso: first, because it rewrites
+    # those runs' JSONs with their last checkpoint only, and the --all_ckpts call below restores every one
+    python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu}_s1337 \
+        $S/sparse_{gpt2_rms_swiglu_quirks,gpt2_swiglu,llama,llama_mamba}_s1337) \
+        --out=results/sparse_curves_s1337
     python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False
     python evaluate.py $(finished $S/sparse_*) --plot=False --score_vs=least_squares
     python evaluate.py $(finished $S/sparse_*) --plot=False --task=linear_regression
@@ -92,10 +97,6 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
         --out=results/fig45_vs_ls --title='Sparse linear: the SwiGLU arms against least squares by step'
     python results/seeds.py "$S/sparse_*/eval_linear_regression.json" --arms=$arms \
         --out=results/fig45_on_linear --title='Trained on sparse linear, scored on linear: the SwiGLU arms'
-    # the error curves of one seed per arm next to least squares and the Lasso
-    python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu}_s1337 \
-        $S/sparse_{gpt2_rms_swiglu_quirks,gpt2_swiglu,llama,llama_mamba}_s1337) \
-        --out=results/sparse_curves_s1337
     # how far apart the two schemes are, here and at the paper's setting (6,400 prompts)
     python - <<'PY'
 import torch, tasks, baselines, evaluate
@@ -117,6 +118,9 @@ PY
     if [ "$only" = all ] || [ "$only" = tree ]; then
     # 7. decision trees: every kept checkpoint against the trained GPT-2 (seed 1337, the paper's protocol),
     # the last one against 3-NN, which does not depend on training
+    # one seed per arm against every baseline (first: see the sparse-linear curves above)
+    python evaluate.py $(finished $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337) \
+        --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
     python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
     python evaluate.py $(finished $S/tree_*) --plot=False --score_vs=knn
     arms=tree_gpt2,tree_gpt2_rms,tree_gpt2_rms_quirks,tree_llama,tree_mamba,tree_mamba_quirks
@@ -126,8 +130,6 @@ PY
     python results/seeds.py "$S/tree_*/eval_decision_tree_vs_knn.json" --arms=$arms --positions=0-15 \
         --out=results/tree_vs_knn \
         --title='Decision trees (d = 5, depth 4): score vs 3-NN by step'
-    python evaluate.py $(finished $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337) \
-        --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
     fi
     if [ "$only" = all ] || [ "$only" = mlp ]; then
     # 8. 2-layer ReLU MLPs: against the GD-trained MLP (the paper's 1,000 Adam steps, one point per step)
@@ -176,7 +178,8 @@ if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
           $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
           > out/study/part2_rest_laneA.log 2>&1 &
     train $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py $C/sparse_mamba_s1337.py \
-          $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py $C/mlp_mamba_s1337.py \
+          $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py \
+          $C/mlp_mamba_s1337.py \
           $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
     wait
     part2_eval
@@ -203,7 +206,7 @@ if [ "${1:-}" = part2 ]; then
               $C/sparse_llama_s1339.py \
               $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_s1338.py $C/tree_gpt2_rms_s1339.py \
               $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
-              $C/tree_llama_mamba_pos_s1337.py $C/tree_mamba_s1338.py > out/study/part2_laneB.log 2>&1 &
+              $C/tree_llama_mamba_pos_s1337.py > out/study/part2_laneB.log 2>&1 &
         wait
     fi
     part2_eval "${3:-all}"
