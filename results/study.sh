@@ -152,7 +152,8 @@ for path in presets + sorted(glob.glob('configs/study/*.py')):
 PY
     # per run: its last held-out loss and the 'done at step' line(s) of its log (with the training time)
     python - $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu} \
-        $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}) > results/part2_times.txt <<'PY'
+        $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}) \
+        > results/part2_times.txt <<'PY'
 import json, os, sys
 for run in sys.argv[1:]:
     rows = [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl'))]
@@ -175,9 +176,9 @@ if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
     # experiment 9
     train $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
           $C/tree_gpt2_rms_quirks_s1338.py $C/tree_gpt2_rms_quirks_s1339.py $C/tree_llama_s1337.py \
-          $C/linear_gpt2_rope.py $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
+          $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
           > out/study/part2_rest_laneA.log 2>&1 &
-    train $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py $C/sparse_mamba_s1337.py \
+    train $C/sparse_mamba_s1337.py \
           $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py \
           $C/mlp_mamba_s1337.py \
           $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
@@ -206,7 +207,9 @@ if [ "${1:-}" = part2 ]; then
               $C/sparse_llama_s1339.py \
               $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_s1338.py $C/tree_gpt2_rms_s1339.py \
               $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
-              $C/tree_llama_mamba_pos_s1337.py > out/study/part2_laneB.log 2>&1 &
+              $C/tree_llama_mamba_pos_s1337.py \
+              $C/linear_gpt2_rope.py $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py \
+              > out/study/part2_laneB.log 2>&1 &
         wait
     fi
     part2_eval "${3:-all}"
