@@ -735,6 +735,18 @@ def test_repository_cites_only_files_and_sections_it_holds():
     assert "../shared" not in text and "shared/docs" not in text
 
 
+def test_readme_and_results_cite_only_result_files_the_repository_holds():
+    # every number in README.md and RESULTS.md comes from a file under results/: the files they name exist
+    # (results/paper_table3.md is what results/paper.sh writes on a GPU machine: named, not yet made)
+    missing = []
+    for name in ("README.md", "RESULTS.md"):
+        text = open(os.path.join(ROOT, name), encoding="utf-8").read()
+        for path in set(re.findall(r"\bresults/[\w.-]+\.(?:md|csv|png|txt|sh|py)\b", text)):
+            if path != "results/paper_table3.md" and not os.path.isfile(os.path.join(ROOT, path)):
+                missing.append(f"{name}: {path}")
+    assert not missing, missing
+
+
 def test_paper_sweep_dry_run_lists_the_72_runs():
     r = subprocess.run(["bash", "results/paper.sh", "--dry-run"], cwd=ROOT, capture_output=True, text=True)
     lines = r.stdout.splitlines()
