@@ -176,7 +176,6 @@ if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
     # experiment 9
     train $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
           $C/tree_llama_s1337.py \
-          $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
           > out/study/part2_rest_laneA.log 2>&1 &
     train $C/sparse_mamba_s1337.py \
           $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py \
@@ -198,6 +197,7 @@ if [ "${1:-}" = part2 ]; then
               $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py \
               $C/mlp_gpt2_s1337.py $C/mlp_gpt2_s1338.py \
               $C/tree_mamba_s1337.py $C/sparse_llama_mamba_s1337.py $C/tree_gpt2_rms_quirks_s1338.py \
+              $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
               > out/study/part2_laneA.log 2>&1 &
         train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py \
               $C/sparse_llama_s1337.py \
