@@ -180,7 +180,7 @@ if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
     train $C/sparse_mamba_s1337.py \
           $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py \
           $C/mlp_mamba_s1337.py \
-          $C/linear_llama_mamba_ffn.py $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
+          $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
     wait
     part2_eval
     exit
@@ -209,7 +209,7 @@ if [ "${1:-}" = part2 ]; then
               $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
               $C/tree_llama_mamba_pos_s1337.py \
               $C/linear_gpt2_rope.py $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py \
-              $C/tree_gpt2_rms_quirks_s1339.py > out/study/part2_laneB.log 2>&1 &
+              $C/tree_gpt2_rms_quirks_s1339.py $C/linear_llama_mamba_ffn.py > out/study/part2_laneB.log 2>&1 &
         wait
     fi
     part2_eval "${3:-all}"
