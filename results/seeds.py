@@ -27,6 +27,17 @@ def arm_of(run):
     return re.sub(r'_s\d+$', '', os.path.basename(os.path.normpath(run)))
 
 
+def label_of(arm, runs):
+    return f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use('agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def over_seeds(values):
     """(mean, half-width of the 95% CI over seeds or None for one seed)"""
     n = len(values)
@@ -60,10 +71,12 @@ def at_step(arms, step):
 
 
 def table(arms, baseline):
-    header = f'| arm | seeds | mean score vs {baseline} ± 95% CI over seeds | each seed (± 95% CI, prompts) |'
+    header = (f'| arm | seeds | mean score vs {baseline} ± 95% CI over seeds '
+              f'| each seed (± 95% CI, prompts) |')
     lines = [header,
              '|---|---|---|---|']
-    csv = ['arm,seeds,mean,ci95_seeds,' + ','.join(f'seed{i}' for i in range(1, 4))]
+    most = max(len(runs) for runs in arms.values())
+    csv = ['arm,seeds,mean,ci95_seeds,' + ','.join(f'seed{i}' for i in range(1, max(most, 3) + 1))]
     for arm, runs in arms.items():
         scores = [r['score']['score'] for r in runs]
         mean, half = over_seeds(scores)
@@ -76,9 +89,7 @@ def table(arms, baseline):
 
 
 def by_step(arms, path, title, ylabel):
-    import matplotlib
-    matplotlib.use('agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for arm, runs in arms.items():
         steps = sorted(set.intersection(*({c['step'] for c in r['checkpoints']} for r in runs)))
@@ -88,8 +99,7 @@ def by_step(arms, path, title, ylabel):
             mean, half = over_seeds(values)
             means.append(mean)
             halves.append(half or 0.0)
-        label = f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-        ax.errorbar(steps, means, halves, marker='o', ms=3, capsize=2, label=label)
+        ax.errorbar(steps, means, halves, marker='o', ms=3, capsize=2, label=label_of(arm, runs))
         print(arm.ljust(32), '  '.join(f'{s}: {m:.3f}' for s, m in zip(steps, means)))
     ax.axhline(1, color='gray', ls=':', lw=1)
     ax.set(xlabel='training step', ylabel=ylabel, title=title)
@@ -101,14 +111,12 @@ def by_step(arms, path, title, ylabel):
 
 def curves(arms, positions, prefix, title):
     """error by context length at `positions`: each arm's last checkpoint (mean over seeds), the baselines"""
-    import matplotlib
-    matplotlib.use('agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     first = next(iter(arms.values()))[0]
     rows = {}
     for arm, runs in arms.items():
         means = [sum(r['checkpoints'][-1]['mean'][i] for r in runs) / len(runs) for i in positions]
-        rows[f"{arm} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"] = means
+        rows[label_of(arm, runs)] = means
     lines = ['| context length | ' + ' | '.join(str(i) for i in positions) + ' |',
              '|---' * (len(positions) + 1) + '|']
     baseline_rows = {f'`{name}`': [b['mean'][i] for i in positions] for name, b in first['baselines'].items()}
