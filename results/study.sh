@@ -7,7 +7,6 @@
 #     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train in two lanes, evaluate
 #     bash results/study.sh part2 eval # evaluate part 2 only (whichever of its runs exist)
 #     bash results/study.sh part2 eval tree   # one experiment of part 2: sparse, tree, mlp or rest
-#     bash results/study.sh part2 rest # train the part-2 arms the CPU budget left out, then evaluate part 2
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are
 # skipped.
 # Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
@@ -70,7 +69,8 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
     # the error curves of one seed per arm next to least squares and the Lasso: first, because it rewrites
     # those runs' JSONs with their last checkpoint only, and the --all_ckpts call below restores every one
     python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu}_s1337 \
-        $S/sparse_{gpt2_rms_swiglu_quirks,gpt2_swiglu,llama,llama_mamba}_s1337) \
+        $S/sparse_{gpt2_rms_swiglu_quirks,gpt2_swiglu,gpt2_rope,gpt2_rms_rope,gpt2_rope_swiglu}_s1337 \
+        $S/sparse_{llama,mamba,llama_mamba}_s1337) \
         --out=results/sparse_curves_s1337
     python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False
     python evaluate.py $(finished $S/sparse_*) --plot=False --score_vs=least_squares
@@ -119,7 +119,8 @@ PY
     # 7. decision trees: every kept checkpoint against the trained GPT-2 (seed 1337, the paper's protocol),
     # the last one against 3-NN, which does not depend on training
     # one seed per arm against every baseline (first: see the sparse-linear curves above)
-    python evaluate.py $(finished $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,llama_mamba_pos}_s1337) \
+    python evaluate.py $(finished $S/tree_{gpt2,gpt2_rms,gpt2_rms_quirks,llama,mamba,mamba_quirks}_s1337 \
+        $S/tree_llama_mamba_pos_s1337) \
         --baseline_run=$S/tree_gpt2_s1337 --out=results/tree_curves_s1337
     python evaluate.py $(finished $S/tree_*) --all_ckpts=True --plot=False --baseline_run=$S/tree_gpt2_s1337
     python evaluate.py $(finished $S/tree_*) --plot=False --score_vs=knn
@@ -170,21 +171,6 @@ PY
     fi
     fi
 }
-if [ "${1:-}" = part2 ] && [ "${2:-}" = rest ]; then
-    # the part-2 arms the two-core budget left out (RESULTS.md part 2 says which): the RoPE sparse-linear
-    # arms, the remaining seeds of the tree quirks and Mamba arms, Mamba's sparse-linear and MLP runs, and
-    # experiment 9
-    train $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py $C/sparse_gpt2_rope_swiglu_s1337.py \
-          $C/tree_llama_s1337.py \
-          > out/study/part2_rest_laneA.log 2>&1 &
-    train $C/sparse_mamba_s1337.py \
-          $C/tree_mamba_s1338.py $C/tree_mamba_s1339.py $C/tree_mamba_quirks_s1337.py \
-          $C/mlp_mamba_s1337.py \
-          $C/linear_llama_mamba_pos.py > out/study/part2_rest_laneB.log 2>&1 &
-    wait
-    part2_eval
-    exit
-fi
 if [ "${1:-}" = part2 ]; then
     if [ "${2:-}" != eval ]; then
         # two lanes of roughly equal CPU time, in order of what RESULTS.md part 2 needs most: the 3-seed
@@ -198,7 +184,10 @@ if [ "${1:-}" = part2 ]; then
               $C/mlp_gpt2_s1337.py $C/mlp_gpt2_s1338.py \
               $C/tree_mamba_s1337.py $C/sparse_llama_mamba_s1337.py $C/tree_gpt2_rms_quirks_s1338.py \
               $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
-              > out/study/part2_laneA.log 2>&1 &
+              $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py \
+              $C/sparse_gpt2_rope_swiglu_s1337.py \
+              $C/tree_llama_s1337.py $C/mlp_mamba_s1337.py $C/linear_llama_mamba_pos.py \
+              $C/tree_llama_mamba_pos_s1339.py > out/study/part2_laneA.log 2>&1 &
         train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py \
               $C/sparse_llama_s1337.py \
               $C/sparse_gpt2_rms_swiglu_s1338.py $C/sparse_gpt2_rms_swiglu_quirks_s1338.py \
@@ -209,7 +198,10 @@ if [ "${1:-}" = part2 ]; then
               $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
               $C/tree_llama_mamba_pos_s1337.py \
               $C/linear_gpt2_rope.py $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py \
-              $C/tree_gpt2_rms_quirks_s1339.py $C/linear_llama_mamba_ffn.py > out/study/part2_laneB.log 2>&1 &
+              $C/tree_gpt2_rms_quirks_s1339.py $C/linear_llama_mamba_ffn.py \
+              $C/tree_mamba_s1338.py $C/sparse_mamba_s1337.py $C/tree_mamba_s1339.py \
+              $C/tree_mamba_quirks_s1337.py $C/tree_llama_mamba_pos_s1338.py \
+              > out/study/part2_laneB.log 2>&1 &
         wait
     fi
     part2_eval "${3:-all}"
