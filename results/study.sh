@@ -155,12 +155,16 @@ PY
     python - $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu} \
         $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}) \
         > results/part2_times.txt <<'PY'
-import json, os, sys
+import json, os, re, sys
+total = 0.0
 for run in sys.argv[1:]:
     rows = [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl'))]
     val = [r for r in rows if 'val_loss' in r][-1]
     done = [line.strip() for line in open(os.path.join(run, 'log.txt')) if line.startswith('done at step')]
+    total += sum(float(t) for t in re.findall(r'steps in ([0-9.]+)s\)', ' '.join(done)))
     print(f"{os.path.basename(run)}: val_loss {val['val_loss']:.4f} at step {val['step']}; {'; '.join(done)}")
+print(f"{len(sys.argv) - 1} runs, {total:,.0f} s of one-thread training in all ({total / 3600:.1f} h; "
+      f"a resumed run counts its last part only)")
 PY
     # 9. the architectures experiment 1 did not train, on its linear regression (once `part2 rest`
     # trained them)
