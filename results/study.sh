@@ -63,9 +63,8 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
     local arms       # is printed here or written to results/
     local only=${1:-all}
     if [ "$only" = all ] || [ "$only" = sparse ]; then
-    # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline); the last one against
-    # least squares and on plain linear regression (cross-task: paper Fig. 4b); every checkpoint of those
-    # two for the arms of Figs. 4 and 5 (GPT-2 RMS SwiGLU, GPT-2 SwiGLU); then the means over seeds
+    # 6. sparse linear: every kept checkpoint against the Lasso (the task's baseline), against least
+    # squares, and on plain linear regression (cross-task: paper Fig. 4b); then the means over seeds
     # the error curves of one seed per arm next to least squares and the Lasso: first, because it rewrites
     # those runs' JSONs with their last checkpoint only, and the --all_ckpts call below restores every one
     python evaluate.py $(finished $S/sparse_{gpt2,gpt2_rms,gpt2_rms_quirks,gpt2_rms_swiglu}_s1337 \
@@ -73,11 +72,8 @@ part2_eval() {  # [sparse|tree|mlp|rest] experiments 6-9 (default all): every nu
         $S/sparse_{llama,mamba,llama_mamba}_s1337) \
         --out=results/sparse_curves_s1337
     python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False
-    python evaluate.py $(finished $S/sparse_*) --plot=False --score_vs=least_squares
-    python evaluate.py $(finished $S/sparse_*) --plot=False --task=linear_regression
-    arms=$(finished $S/sparse_gpt2_rms_swiglu_s* $S/sparse_gpt2_swiglu_s*)
-    python evaluate.py $arms --all_ckpts=True --plot=False --score_vs=least_squares
-    python evaluate.py $arms --all_ckpts=True --plot=False --task=linear_regression
+    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --score_vs=least_squares
+    python evaluate.py $(finished $S/sparse_*) --all_ckpts=True --plot=False --task=linear_regression
     arms=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu
     arms=$arms,sparse_gpt2_rms_swiglu_quirks
     arms=$arms,sparse_gpt2_swiglu,sparse_gpt2_rope,sparse_gpt2_rms_rope,sparse_gpt2_rope_swiglu,sparse_llama
