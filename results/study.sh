@@ -136,6 +136,10 @@ PY
         --title='2-layer ReLU MLPs (d = 5): score vs the GD-trained MLP by step'
     fi
     if [ "$only" = all ] || [ "$only" = rest ]; then
+    # experiment 9's runs: the architectures experiment 1 did not train, on its linear regression
+    local linear2
+    linear2=$(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope gpt2_rope_swiglu \
+        llama_mamba_pos llama_mamba_ffn)
     # the parameter counts of every run of the study, and part 2's training times (from the runs' logs)
     python - > results/study_params.txt <<'PY'
 import glob, os, tasks, train
@@ -148,9 +152,7 @@ for path in presets + sorted(glob.glob('configs/study/*.py')):
     print(f"| {path[len('configs/'):-3]} | {counts['backbone']:,} | {counts['total']:,} |")
 PY
     # per run: its last held-out loss and the 'done at step' line(s) of its log (with the training time)
-    python - $(finished $S/{sparse,tree,mlp}_* $S/linear_{gpt2_rope,gpt2_swiglu,gpt2_rms_swiglu} \
-        $S/linear_{gpt2_rms_rope,gpt2_rope_swiglu,llama_mamba_pos,llama_mamba_ffn}) \
-        > results/part2_times.txt <<'PY'
+    python - $(finished $S/{sparse,tree,mlp}_* $linear2) > results/part2_times.txt <<'PY'
 import json, os, re, sys
 total = 0.0
 for run in sys.argv[1:]:
@@ -162,10 +164,8 @@ for run in sys.argv[1:]:
 print(f"{len(sys.argv) - 1} runs, {total:,.0f} s of one-thread training in all ({total / 3600:.1f} h; "
       f"a resumed run counts its last part only)")
 PY
-    # 9. the architectures experiment 1 did not train, on its linear regression (once `part2 rest`
-    # trained them)
-    arms=$(finished $(printf " $S/linear_%s" gpt2_rope gpt2_swiglu gpt2_rms_swiglu gpt2_rms_rope \
-        gpt2_rope_swiglu llama_mamba_pos llama_mamba_ffn))
+    # 9. every architecture once: experiment 9's runs scored on linear regression
+    arms=$(finished $linear2)
     if [ -n "$arms" ]; then
         python evaluate.py $arms --out=results/linear_part2
     fi
