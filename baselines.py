@@ -12,9 +12,11 @@ import importlib
 import itertools
 import math
 import warnings
-from functools import partial
+from functools import lru_cache, partial
 
 import torch
+
+import tasks
 
 
 def queries(xs, xq):
@@ -218,6 +220,162 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
     return preds.view(B, y_dims, N).transpose(1, 2).to(ys.dtype)
 
 # -----------------------------------------------------------------------------
+# Bayes posterior means under the tasks' own priors (the error floors: no predictor does better on average),
+# and the Lasso with alpha tuned on that prior
+
+def sparse_linear_bayes(xs, ys, xq=None, k=3, noise=1e-10):
+    """the posterior mean under sparse_linear_regression's prior: w ~ N(0, I) on a uniform k-subset S of the d
+    coordinates, y = x . w + N(0, noise). Given S it is Bayesian linear regression on X_S, and with G = X^T X,
+    c = X^T y of the prefix and M = G_SS + noise I (k x k) the determinant lemma and Woodbury turn the
+    evidence N(y; 0, X_S X_S^T + noise I) into k x k algebra:
+        m_S = M^-1 c_S                                                   the posterior mean of w_S
+        log p(y | S) = -log det(M) / 2 - (|y - X_S m_S|^2 + noise |m_S|^2) / (2 noise) + (same for all S)
+    where |y - X_S m_S|^2 + noise |m_S|^2 = y.y - 2 m_S.c_S + m_S^T M m_S (second order in m_S's rounding).
+    The prediction is sum_S p(S | y) x_S . m_S, p(S | y) the softmax of log p(y | S) over the C(d, k)
+    supports. The task has no noise; the default 1e-10 (sd 1e-5, ~100 float32 roundings of y) is its limit to
+    within float32: from i = k + 1 points on only the true support fits, at i <= k every support fits and the
+    weights tend to N(y; 0, X_S X_S^T). noise > 0. All d coordinates are taken as active; every y dimension is
+    its own fit. float64."""
+    B, N, d = xs.shape
+    k = min(k, d)  # as the sampler: every coordinate when there are fewer than k
+    X = xs.double()
+    Y = ys.double()
+    Q = queries(xs, xq).double()
+    S = torch.tensor(list(itertools.combinations(range(d), k)), device=xs.device)  # (H, k) the supports
+    jitter = noise * torch.eye(k, dtype=X.dtype, device=X.device)
+    G = X.new_zeros(B, d, d)
+    c = X.new_zeros(B, d, Y.shape[-1])
+    yy = X.new_zeros(B, 1, Y.shape[-1])
+    preds = Y.new_zeros(Y.shape)
+    for i in range(1, N):
+        x = X[:, i - 1]
+        G.addcmul_(x[:, :, None], x[:, None, :])
+        c.addcmul_(x[:, :, None], Y[:, i - 1, None, :])
+        yy.addcmul_(Y[:, i - 1, None], Y[:, i - 1, None])
+        M = G[:, S[:, :, None], S[:, None, :]] + jitter                     # (B, H, k, k)
+        c_S = c[:, S]                                                        # (B, H, k, Y)
+        L = torch.linalg.cholesky(M)
+        m = torch.cholesky_solve(c_S, L)                                     # (B, H, k, Y)
+        misfit = yy - 2 * (m * c_S).sum(2) + (m * (M @ m)).sum(2)            # (B, H, Y)
+        half_logdet = L.diagonal(dim1=-2, dim2=-1).log().sum(-1, keepdim=True)  # (B, H, 1)
+        weight = (-half_logdet - misfit / (2 * noise)).softmax(1)           # (B, H, Y) p(S | y)
+        f = (Q[:, i][:, S, None] * m).sum(2)                                 # (B, H, Y) each support's guess
+        preds[:, i] = (weight * f).sum(1)
+    return preds.to(ys.dtype)
+
+
+# 1e-6 .. 3.2 by quarter decades, LASSO_ALPHAS among them
+LASSO_TUNE_ALPHAS = tuple(10 ** (e / 4) for e in range(-24, 3))
+
+
+@lru_cache(maxsize=None)
+def lasso_alphas(n_points, n_dims, k, n_prompts=1024, seed=1_000_003, alphas=LASSO_TUNE_ALPHAS):
+    """per context length, the alpha with the least mean squared error on n_prompts held-out prompts of
+    sparse_linear_regression (sparsity k), drawn from a generator of their own (seed: not an evaluation's)"""
+    g = torch.Generator().manual_seed(seed)
+    xs, ys = tasks.sample('sparse_linear_regression', n_prompts, n_points, n_dims, g, sparsity=k)
+    err = torch.stack([(lasso(xs, ys, alpha=a) - ys).double().pow(2).mean((0, 2)) for a in alphas])  # (A, N)
+    return tuple(alphas[j] for j in err.argmin(0).tolist())
+
+
+def lasso_tuned(xs, ys, xq=None, k=3, **tune):
+    """lasso with alpha tuned per context length on held-out prompts of the task's prior: at each length i the
+    alpha of LASSO_TUNE_ALPHAS with the least mean squared error at i on 1,024 prompts of
+    sparse_linear_regression (sparsity k, the evaluated prompts' n_dims and n_points, a seed of their own;
+    lasso_alphas, cached). One lasso pass per distinct alpha chosen."""
+    chosen = lasso_alphas(xs.shape[1], xs.shape[2], k, **tune)
+    preds = torch.zeros_like(ys)
+    for a in sorted(set(chosen[1:])):
+        at = torch.tensor([i > 0 and c == a for i, c in enumerate(chosen)], device=xs.device)  # (N,)
+        preds[:, at] = lasso(xs, ys, xq, alpha=a)[:, at]
+    return preds
+
+
+@lru_cache(maxsize=None)
+def _cubes(d, depth):
+    """the sets of points a tree node can receive: sign cubes, the signs (-1: x_c <= 0, +1: x_c > 0) fixed on
+    the coordinates split on above it, free (0) elsewhere. -> signs (K, d), ordered by how many are fixed;
+    sizes[t] = how many cubes have <= t fixed; children[t] = (lo, hi) (sizes[t], d): the cubes a split on c
+    sends to either side, sizes[t + 1] standing for no point (c already fixed: all go one way)"""
+    cubes = [tuple(dict(zip(cs, ss)).get(c, 0) for c in range(d)) for j in range(depth + 1)
+             for cs in itertools.combinations(range(d), j) for ss in itertools.product((-1, 1), repeat=j)]
+    index = {cube: n for n, cube in enumerate(cubes)}
+    sizes = [sum(math.comb(d, j) * 2 ** j for j in range(t + 1)) for t in range(depth + 1)]
+    children = []
+    for t in range(depth):
+        side = {}
+        for s in (-1, 1):
+            side[s] = [[index[cube[:c] + (s,) + cube[c + 1:]] if cube[c] in (0, s) else sizes[t + 1]
+                        for c in range(d)] for cube in cubes[:sizes[t]]]
+        children.append((torch.tensor(side[-1]), torch.tensor(side[1])))
+    return torch.tensor(cubes, dtype=torch.float64), sizes, children
+
+
+def tree_bayes(xs, ys, xq=None, depth=4, tol=1e-6, chunk=256):
+    """the posterior mean under decision_tree's prior: a full binary tree of `depth` whose 2^depth - 1 split
+    coordinates are iid uniform (left if x_c <= 0), N(0, 1) leaf values, y = the leaf's value. Without noise
+    the context's equal y's form groups, and a tree explains the data iff two points share a leaf exactly when
+    they share a y (a group over two leaves needs two continuous values to coincide: with noise s -> 0 it
+    loses a factor ~s). Trees that explain it have equal likelihood, so p(T | data) = prior(T) [T explains],
+    and given T the answer is the y of the query's leaf's group, 0 if empty. A node at depth t receives the
+    points of a sign cube K (the signs on the coordinates split on above), so with Z(t, K) the prior
+    probability that a subtree of depth - t explains K's points and A(t, K) the same weighted by its answer
+    at the query (0 unless the query is in K):
+        Z(t, K) = mean_c ok(K, c) Z(t+1, K_c-) Z(t+1, K_c+)
+        A(t, K) = mean_c ok(K, c) (A(t+1, K_c-) Z(t+1, K_c+) + A(t+1, K_c+) Z(t+1, K_c-))
+    ok = no group on both sides; at the leaves Z = [at most one group] and A = Z [query in K] y_group. The
+    prediction is A(0, R^d) / Z(0, R^d), 0 where no tree explains the context (more groups than leaves, noisy
+    y's). The states are the cubes with <= depth coordinates fixed (211 at d = 5, depth 4) for all prompts and
+    prefixes at once, the groups the bits of an int64 (depth <= 6); y's within tol (relative) are equal.
+    float64, `chunk` prompts at a time."""
+    B, N, d = xs.shape
+    if B > chunk:  # bounded memory: ~ chunk * N * K * d * 40 bytes
+        parts = [tree_bayes(xs[s:s + chunk], ys[s:s + chunk], None if xq is None else xq[s:s + chunk],
+                            depth, tol, chunk) for s in range(0, B, chunk)]
+        return torch.cat(parts)
+    if depth > 6:
+        raise ValueError(f"tree_bayes: depth <= 6 (2^depth groups as the bits of an int64), got {depth}")
+    signs, sizes, children = _cubes(d, depth)
+    signs = signs.to(xs.device)
+    Y = ys.double()
+    n_fixed = signs.abs().sum(1)                                                    # (K,)
+    # a point (a query) is in a cube if it has the cube's sign on every fixed coordinate
+    in_cube = (torch.where(xs > 0, 1., -1.).double() @ signs.T) == n_fixed          # (B, N, K)
+    q_in = (torch.where(queries(xs, xq) > 0, 1., -1.).double() @ signs.T) == n_fixed
+    # groups: a point's group is its first equal y, its bit the rank of that group in the prompt
+    close = (Y[:, :, None] - Y[:, None]).abs() <= tol * torch.maximum(Y[:, :, None].abs(), Y[:, None].abs())
+    earlier = torch.ones(N, N, dtype=torch.bool, device=xs.device).tril()
+    first = (close.all(-1) & earlier).int().argmax(-1)                              # (B, N) first equal y
+    new = first == torch.arange(N, device=xs.device)                                # (B, N) opens a group
+    rank = new.cumsum(1) - 1
+    bit = torch.ones_like(rank) << rank.gather(1, first).clamp(max=63)              # (B, N)
+    n_groups = new.cumsum(1) - new.long()                                           # (B, N) in pairs < i
+    # per prefix (pairs < i): the groups in each cube (bits), the count and the sum of their y's
+    mask = torch.zeros(B, N, len(signs), dtype=torch.long, device=xs.device)        # (B, N, K)
+    for i in range(1, N):
+        mask[:, i] = mask[:, i - 1] | in_cube[:, i - 1] * bit[:, i - 1, None]
+    count = in_cube.double().cumsum(1) - in_cube.double()                           # (B, N, K)
+    y_in = in_cube[..., None] * Y[:, :, None]                                       # (B, N, K, Y)
+    y_sum = y_in.cumsum(1) - y_in
+    # the leaves, then up the tree: one level per depth, the cubes with <= t fixed coordinates at level t
+    Z = ((mask & (mask - 1)) == 0).double()                                         # (B, N, K) <= one group
+    A = (Z * q_in)[..., None] * y_sum / count.clamp(min=1)[..., None]               # (B, N, K, Y)
+    for t in reversed(range(depth)):
+        lo, hi = (idx.to(xs.device) for idx in children[t])                         # (K_t, d)
+        n = sizes[t + 1]  # also the index of "no point"
+        m = torch.cat([mask[..., :n], mask.new_zeros(B, N, 1)], -1)
+        Zc = torch.cat([Z[..., :n], Z.new_ones(B, N, 1)], -1)                       # no point: any fits
+        Ac = torch.cat([A[..., :n, :], A.new_zeros(B, N, 1, A.shape[-1])], -2)
+        ok = (m[..., lo] & m[..., hi]) == 0                                         # (B, N, K_t, d)
+        Z_lo = Zc[..., lo]
+        Z_hi = Zc[..., hi]
+        A = (ok[..., None] * (Ac[..., lo, :] * Z_hi[..., None] + Ac[..., hi, :] * Z_lo[..., None])).mean(-2)
+        Z = (ok * Z_lo * Z_hi).mean(-1)                                             # (B, N, K_t)
+    explained = (Z[..., 0] > 0) & (n_groups <= 2 ** depth)                          # (B, N)
+    preds = torch.where(explained[..., None], A[..., 0, :] / Z[..., 0, None].clamp(min=1e-300), 0.)
+    return preds.to(ys.dtype)
+
+# -----------------------------------------------------------------------------
 # a 2-layer ReLU MLP trained by gradient descent, one fresh net per prompt and prefix, all at once
 
 def gd_mlp(xs, ys, xq=None, steps=1000, lr=5e-3, batch_size=1, hidden=100, chunk=2048, seed=0):
@@ -322,9 +480,28 @@ BASELINES = dict(
     parity_prior=partial(parity_bayes, context=False),
     lasso=lasso,
     **{f'lasso_{a:g}': partial(lasso, alpha=a) for a in LASSO_ALPHAS},
+    lasso_tuned=lasso_tuned,
+    lasso_tuned_k2=partial(lasso_tuned, k=2),  # the study's sparse linear (d = 8, k = 2)
+    sparse_linear_bayes=sparse_linear_bayes,
+    sparse_linear_bayes_k2=partial(sparse_linear_bayes, k=2),
+    tree_bayes=tree_bayes,
     gd_mlp=gd_mlp,
     gd_mlp_ref=partial(gd_mlp, steps=100, batch_size=100),
     lasso_sklearn=partial(per_fit, partial(_make, 'lasso', alpha=1e-3, fit_intercept=False, max_iter=100000)),
     decision_tree=partial(per_fit, partial(_make, 'tree', max_depth=4, random_state=0)),  # Garg's greedy tree
     xgboost=partial(per_fit, partial(_make, 'xgboost')),
 )
+
+
+# the task parameters (tasks.TASK_DEFAULTS keys) that a baseline function takes, and as which keyword
+TASK_PARAMS = {sparse_linear_bayes: dict(sparsity='k'), lasso_tuned: dict(sparsity='k'),
+               tree_bayes: dict(tree_depth='depth')}
+
+
+def for_task(fn, params):
+    """a BASELINES entry given the run's task parameters (TASK_DEFAULTS keys) that it takes and its entry
+    leaves open: sparse_linear_bayes gets the run's sparsity, sparse_linear_bayes_k2 keeps k = 2"""
+    bound = getattr(fn, 'keywords', {})
+    kw = {key: params[p] for p, key in TASK_PARAMS.get(getattr(fn, 'func', fn), {}).items()
+          if p in params and key not in bound}
+    return partial(fn, **kw)

@@ -76,16 +76,33 @@ def train_step(model, n_points, n_dims, batch=64):
 
 print(f"device: {device} | torch {torch.__version__} | threads {torch.get_num_threads()}")
 
+def copy_bandwidth(nbytes=2**28):
+    """GB/s of a plain tensor copy on this device (bytes read + written / time): the roofline a memory-bound
+    kernel is measured against"""
+    src = torch.empty(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / timeit(lambda: dst.copy_(src)) / 1e9
+
+
 if 'scan' in sections:
+    copy = copy_bandwidth()
     print("\n## the selective scan, forward + backward (ms, median of reps)\n")
-    print(f"| shape (b, d, n, l) | torch | {kernel} | speed-up |\n|---|---|---|---|")
+    print("effective GB/s: the bytes a fused scan must read and write (inputs, outputs, grads) / time; "
+          f"a plain copy on this {device.type} runs at {copy:.3g} GB/s\n")
+    print(f"| shape (b, d, n, l) | torch | {kernel} | speed-up | {kernel} GB/s | % of copy |")
+    print("|---|---|---|---|---|---|")
     kernel_fn = ssm_scan.selective_scan_triton if kernel == 'triton' else ssm_scan.selective_scan_cpu
-    for b, d, n, l in ((64, 256, 16, 22), (64, 1024, 16, 82)):
+    shapes = [(64, 256, 16, 22), (64, 1024, 16, 82)]
+    if device.type == 'cuda':  # the paper's prompt lengths: 41, 101 and 141 points
+        shapes += [(64, 1024, 16, 202), (64, 1024, 16, 282)]
+    for b, d, n, l in shapes:
         x, g = ssm_scan._case(b, d, l, n, torch.float32, device)
         t_torch = ssm_scan.bench(ssm_scan.selective_scan_torch, x, g, reps)[2]
-        t_kernel = ssm_scan.bench(kernel_fn, x, g, reps)[2]
+        timed = ssm_scan.bench(kernel_fn, x, g, reps)
+        t_kernel, rate = timed[2], timed[3]
         speedup = t_torch / t_kernel
-        print(f"| {b}, {d}, {n}, {l} | {t_torch:.1f} | {t_kernel:.1f} | {speedup:.1f}x |", flush=True)
+        print(f"| {b}, {d}, {n}, {l} | {t_torch:.1f} | {t_kernel:.1f} | {speedup:.1f}x | {rate:.3g} | "
+              f"{100 * rate / copy:.1f}% |", flush=True)
 
 
 def step_table(title, extra, n_points, n_dims):

@@ -7,12 +7,17 @@ import os
 # set before ssm_scan is imported: the Triton kernel runs on CPU tensors in Triton's interpreter
 os.environ.setdefault("TRITON_INTERPRET", "1")
 import json
+import signal
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
+# evaluate.py's results cache: one of the test session's own, never the user's (a stale entry there could hide a
+# bug; the tests' tiny runs would fill it)
+os.environ.setdefault("EVAL_CACHE", tempfile.mkdtemp(prefix="icl-eval-cache-"))
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # tiny models: one thread is fastest, and never oversubscribes shared cores
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -39,10 +44,28 @@ def run_train(out_dir, *args):
     return train.main([*TINY, f"--out_dir={out_dir}", *args])
 
 
+def default_signals():
+    """a child's SIGINT and SIGHUP at their defaults, whatever the suite inherited: `nohup pytest` ignores SIGHUP
+    and a background job SIGINT, and a child would inherit that (train.py then rightly keeps them ignored)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+@pytest.fixture
+def signals_at_default():
+    """this process's SIGINT and SIGHUP at Python's defaults for an in-process test that signals itself"""
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGHUP)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield old
+    for s, handler in old.items():
+        signal.signal(s, handler)
+
+
 def python(*args, timeout=300, env=None):
     """a real process in the repository: `python train.py ...`, `python evaluate.py ...` or a script"""
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or ENV, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=default_signals)
 
 
 def metrics(out_dir):
@@ -71,3 +94,19 @@ def one_error_line(result):
     """a process that failed as bad input should: exit 2, one line `error: ...` on stderr, no traceback"""
     err = result.stderr.strip()
     return result.returncode == 2 and err.startswith("error: ") and len(err.splitlines()) == 1
+
+
+def fake_run(path, n_dims=3, n_points=7, task="linear_regression", steps=(0,), init_seed=0, **model_kw):
+    """a run directory in train.py's format around an untrained tiny model (no training needed to test evaluate)"""
+    from model import ICLModel, ModelConfig
+    import tasks
+    margs = dict(n_dims=n_dims, y_dim=tasks.y_dim(task, n_dims), n_positions=16, n_layer=1, n_embd=16, n_head=2, **model_kw)
+    cfg = dict(task=task, n_dims=n_dims, n_points=n_points, arch="gpt2", **tasks.TASK_DEFAULTS)
+    os.makedirs(path, exist_ok=True)
+    for step in steps:
+        torch.manual_seed(init_seed + step)
+        m = ICLModel(ModelConfig(**margs))
+        ckpt = dict(model=m.state_dict(), optimizer={}, step=step, config=cfg, model_args=margs)
+        torch.save(ckpt, os.path.join(path, f"ckpt_{step:07d}.pt"))
+        torch.save(ckpt, os.path.join(path, "ckpt.pt"))  # a copy, not a hard link: as after `cp -r`
+    return str(path)

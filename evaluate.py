@@ -12,6 +12,8 @@ Writes next to each run eval_<task>[_<variant>][_vs_<baseline>].json (every numb
 with --out=PREFIX also PREFIX.md and PREFIX.csv (the score table) and PREFIX_<task>.png (all runs).
 Every run, output path and option is checked before any evaluation work starts.
 """
+import hashlib
+import io
 import json
 import math
 import os
@@ -23,9 +25,10 @@ import torch
 from tqdm import tqdm
 
 import tasks
-from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, model_predict
+from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
-from train import UserError, config_help, load_checkpoint, parse_value, short, step_checkpoints
+from train import (UserError, atomic_write, config_help, load_checkpoint, parse_value, serialize, short,
+                   step_checkpoints)
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value
@@ -41,6 +44,7 @@ all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training traject
 plot = True           # write the PNGs
 out = ''              # path prefix of the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
 device = 'cpu'        # cpu | cuda | cuda:N
+cache = ''            # results cache: '' = $EVAL_CACHE or ~/.cache/icl-hybrids/eval, 'off', or a directory
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith('_') and type(v) in (int, float, bool, str)}
@@ -156,7 +160,8 @@ def run_checkpoints(run, every):
 def plan_run(run, cfg):
     """everything about one run that can be checked before any evaluation: paths, config, task, baseline"""
     out_dir, paths = run_checkpoints(run, cfg['all_ckpts'])
-    rc = load_checkpoint(paths[-1])['config']
+    latest = load_checkpoint(paths[-1])
+    rc = latest['config']
     task = cfg['task'] or rc['task']
     record = tasks.get(task)
     if cfg['variants'] and task != 'linear_regression':
@@ -182,7 +187,11 @@ def plan_run(run, cfg):
         else:
             raise UserError(f"{task} is scored against a trained model: pass --baseline_run=out/RUN")
     tkw = {k: rc.get(k, v) for k, v in tasks.TASK_DEFAULTS.items()}
+    positions = [n_pts - 1] if record.predict_last else list(range(n_pts))  # mqar is scored at its query
+    # a checkpoint file given alone gets results of its own (named by its step), never the run's standard ones
+    file_step = latest['step'] if os.path.isfile(run) else None
     return dict(run=run, out_dir=out_dir, paths=paths, rc=rc, task=task, record=record, n_pts=n_pts,
+                positions=positions, file_step=file_step, run_id=latest.get('wandb_id'),
                 n_dims=rc['n_dims'], tkw=tkw, base=base, baseline_ckpt=baseline_ckpt)
 
 
@@ -280,15 +289,15 @@ def sq_err(preds, yq, task):
     return e[:, -1:] if tasks.get(task).predict_last else e  # mqar is scored at its query only
 
 
-def errors(fn, plan, variant, cfg, desc):
+def errors(fn, plan, variant, cfg, bar=None):
     """fn's squared errors on every prompt, (n_prompts, positions scored), batch_size prompts at a time"""
     out = []
-    total = -(-cfg['n_prompts'] // cfg['batch_size'])
-    for xs, ys, xq, yq in tqdm(prompt_batches(plan, variant, cfg), total=total, desc=desc, leave=False,
-                               disable=None):
+    for xs, ys, xq, yq in prompt_batches(plan, variant, cfg):
         dev = cfg['device']
         preds = fn(xs.to(dev), ys.to(dev), None if xq is None else xq.to(dev)).float().cpu()
         out.append(sq_err(preds, yq, plan['task']))
+        if bar is not None:
+            bar.update(len(xs))
     return torch.cat(out)
 
 
@@ -297,8 +306,8 @@ def score(err, err0, errb):
     # prompts. As the reference's RegressionScore, S = mean over prompts of mean_i(err - xi_0) / den, so
     # SE = std/sqrt(n)/|den|. One reduction for all three makes S(base) = 1 and S(zero) = 0 exactly. A
     # baseline no better than predicting 0 (den = 0) leaves the score undefined: None, never inf or nan.
-    def per_prompt(e):  # mean over positions
-        return e.double().mean(1)
+    def per_prompt(e):  # mean over positions (a cached result holds these means already)
+        return e.double() if e.dim() == 1 else e.double().mean(1)
     num = per_prompt(err).mean() - per_prompt(err0).mean()
     den = per_prompt(errb).mean() - per_prompt(err0).mean()
     if den == 0 or not torch.isfinite(num / den):
@@ -328,68 +337,235 @@ def fmt_score(s, digits=3):
     return f"{s['score']:.{digits}f} ± {1.96 * s['se']:.{digits}f}"
 
 # -----------------------------------------------------------------------------
+# the results cache: every predictor's errors on a prompt set, stored once
+
+# what the numbers depend on besides the settings: a changed sampler, model, scan or baseline recomputes
+_SOURCES = ('tasks.py', 'model.py', 'ssm_scan.py', 'baselines.py', 'evaluate.py')
+
+
+def _sources_digest():
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), 'rb') as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def cache_dir(cfg):
+    """the cache's directory, or None when it is off"""
+    if cfg['cache'] == 'off':
+        return None
+    default = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'icl-hybrids',
+                           'eval')
+    return os.path.expanduser(cfg['cache'] or os.environ.get('EVAL_CACHE') or default)
+
+
+def file_digest(path):
+    """a checkpoint's identity: the hash of its bytes (a rewritten checkpoint is another checkpoint)"""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Results:
+    """per-prompt mean errors and the error curve of each predictor on each prompt set, kept in memory for
+    this call and on disk (one small file per entry) for the next; an unreadable entry is recomputed"""
+
+    def __init__(self, cfg):
+        self.dir = cache_dir(cfg)
+        self.memory = {}
+        self.sources = _sources_digest()
+        self.write_failed = None
+
+    def key(self, plan, variant, cfg, predictor):
+        # every setting that changes a number; batch_size and the device change the last digits
+        prompts = dict(task=plan['task'], variant=variant, n_points=plan['n_pts'], n_dims=plan['n_dims'],
+                       params=sorted(plan['tkw'].items()), seed=cfg['seed'], n_prompts=cfg['n_prompts'])
+        setting = dict(prompts=prompts, predictor=predictor, batch_size=cfg['batch_size'],
+                       device=torch.device(cfg['device']).type, sources=self.sources,
+                       scan_backend=os.environ.get('SSM_SCAN_BACKEND', ''))
+        return hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()
+
+    def path(self, key):
+        return os.path.join(self.dir, key[:2], key + '.pt')
+
+    def get(self, key):
+        if key in self.memory:
+            return self.memory[key]
+        if self.dir is None or not os.path.isfile(self.path(key)):
+            return None
+        try:
+            entry = torch.load(self.path(key), map_location='cpu', weights_only=True)
+        except Exception:  # noqa: BLE001 -- a truncated or foreign file: recompute it
+            return None
+        self.memory[key] = entry
+        return entry
+
+    def put(self, key, entry):
+        self.memory[key] = entry
+        if self.dir is None or self.write_failed:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path(key)), exist_ok=True)
+            atomic_write(self.path(key), serialize(entry))
+        except OSError as e:  # a full disk must not cost the evaluation: it goes on uncached
+            self.write_failed = e
+            print(f"note: cannot write to the results cache {self.dir} ({e.strerror or e}); "
+                  "going on without it", file=sys.stderr)
+
+
+def summarize(err, **extra):
+    """what a result keeps of an error table (n_prompts, positions): each prompt's mean over positions (the
+    score needs only these) and the curve"""
+    return dict(per_prompt=err.double().mean(1), **curve(err), **extra)
+
+# -----------------------------------------------------------------------------
 # one run
 
-def evaluate_run(plan, cfg, cache):
+def baseline_fn(name, plan, cfg):
+    if not name.startswith('model:'):
+        # the run's own k or tree depth, where a baseline takes one
+        return for_task(BASELINES[name], plan['tkw'])
+    model, _ = build_model(plan['baseline_ckpt'], plan['task'], plan['n_dims'], plan['n_pts'], cfg['device'])
+    return partial(model_predict, model)
+
+
+def baseline_identity(name, plan):
+    # a trained baseline is the content of its checkpoint, a classical one its name
+    if name.startswith('model:'):
+        return dict(checkpoint=file_digest(plan['baseline_ckpt']))
+    return dict(baseline=name)
+
+
+def evaluate_run(plan, cfg, results):
+    """every checkpoint of the run and every baseline on each prompt set (the task's, and each OOD variant):
+    from the cache where it holds them, computed otherwise. Returns one result dict per prompt set."""
     task, base = plan['task'], plan['base']
     names = list(dict.fromkeys([base, *plan['record'].plot_baselines, *cfg['extra']]))
-    results = {}
-    for variant in [''] + cfg['variants']:
-        key = (task, variant, plan['n_pts'], plan['n_dims'], tuple(sorted(plan['tkw'].items())), cfg['seed'],
-               cfg['n_prompts'])
-        c = cache.setdefault(key, {})
-        for name in (n for n in ['zero', *names] if n not in c):
-            if name.startswith('model:'):
-                model, _ = build_model(plan['baseline_ckpt'], task, plan['n_dims'], plan['n_pts'],
-                                       cfg['device'])
-                fn = partial(model_predict, model)
-            else:
-                fn = BASELINES[name]
+    variants = [''] + cfg['variants']
+    digests = {}
+    for path in plan['paths']:
+        try:
+            digests[path] = file_digest(path)
+        except FileNotFoundError:
+            if path == plan['paths'][-1]:
+                raise UserError(f"{path} disappeared while being read")
+            print(f"note: {path} disappeared while being read (rotated away by a running train.py?); skipped")
+    todo = {}  # (variant, what) -> cache key
+    for variant in variants:
+        for name in ['zero', *names]:
+            todo[variant, name] = results.key(plan, variant, cfg, baseline_identity(name, plan))
+        for path, digest in digests.items():
+            todo[variant, path] = results.key(plan, variant, cfg, dict(checkpoint=digest))
+    # (ckpt.pt and its hard-linked step checkpoint are one key: computed once)
+    missing = list({key: k for k, key in todo.items() if results.get(key) is None}.values())
+    if missing:
+        print(f"{plan['run']}: {len(missing)} of {len(todo)} error curves to compute on "
+              f"{cfg['n_prompts']:,} prompts ({len(todo) - len(missing)} cached)", flush=True)
+    with tqdm(total=len(missing) * cfg['n_prompts'], desc=os.path.basename(os.path.normpath(plan['run'])),
+              unit='prompt', unit_scale=True, leave=False, disable=None) as bar:
+        for variant, what in missing:
+            key = todo[variant, what]
+            if what in digests:
+                try:
+                    model, step = build_model(what, task, plan['n_dims'], plan['n_pts'], cfg['device'])
+                except UserError:
+                    if os.path.exists(what) or what == plan['paths'][-1]:
+                        raise
+                    print(f"note: {what} disappeared while being read; skipped")
+                    continue
+                err = errors(partial(model_predict, model), plan, variant, cfg, bar)
+                results.put(key, summarize(err, step=step))
+                continue
             try:
-                c[name] = errors(fn, plan, variant, cfg, f"{name} {variant or task}")
+                err = errors(baseline_fn(what, plan, cfg), plan, variant, cfg, bar)
             except ImportError as e:
                 package = PIP_NAMES.get(e.name, e.name)
-                raise UserError(f"baseline {name} needs the optional package {package} "
+                raise UserError(f"baseline {what} needs the optional package {package} "
                                 f"(pip install {package})")
-        results[variant] = dict(c=c, ckpts=[])
-    seen_steps = set()
-    for path in plan['paths']:  # one model in memory at a time
-        try:
-            model, step = build_model(path, task, plan['n_dims'], plan['n_pts'], cfg['device'])
-        except UserError:
-            if os.path.exists(path) or path == plan['paths'][-1]:
-                raise
-            print(f"note: {path} disappeared while being read (rotated away by a running train.py?); skipped")
-            continue
-        if step in seen_steps:
-            continue  # ckpt.pt as a copy of the last step checkpoint (after cp -r, hard links become copies)
-        seen_steps.add(step)
-        for variant, r in results.items():
-            err = errors(partial(model_predict, model), plan, variant, cfg, f"step {step} {variant or task}")
-            s = score(err, r['c']['zero'], r['c'][base])
-            r['ckpts'].append(dict(step=step, file=os.path.basename(path), **curve(err), score=s))
+            results.put(key, summarize(err))
     rows = []
     rc = plan['rc']
-    for variant, r in results.items():
-        c = r['c']
-        tag = '_'.join(filter(None, [task, variant, cfg['score_vs'] and 'vs_' + base]))
-        positions = list(range(plan['n_pts']))[-c['zero'].shape[1]:]
-        scored = {n: dict(**curve(c[n]), score=score(c[n], c['zero'], c[base])) for n in names}
-        res = dict(run=plan['run'], arch=rc.get('arch', '?'), trained_task=rc['task'], task=task,
-                   variant=variant or 'standard', n_prompts=cfg['n_prompts'], n_points=plan['n_pts'],
-                   n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base, positions=positions,
-                   score=r['ckpts'][-1]['score'], zero=curve(c['zero']), baselines=scored,
-                   checkpoints=r['ckpts'])
-        with open(os.path.join(plan['out_dir'], f'eval_{tag}.json'), 'w') as f:
-            json.dump(_finite(res), f, indent=1, allow_nan=False)
-        last = r['ckpts'][-1]
-        print(f"{plan['run']} | {tag} | step {last['step']} | score vs {base} {fmt_score(res['score'])} | "
-              f"error at the last position {last['mean'][-1]:.4g} (zero {res['zero']['mean'][-1]:.4g})")
-        if cfg['plot']:
-            png = os.path.join(plan['out_dir'], f'eval_{tag}.png')
-            draw({f"step {k['step']}": k for k in r['ckpts']}, res, png, f"{res['arch']} on {tag}")
-        rows.append(res)
+    for variant in variants:
+        c = {name: results.get(todo[variant, name]) for name in ['zero', *names]}
+        ckpts = []
+        seen = set()
+        for path, digest in digests.items():
+            entry = results.get(todo[variant, path])
+            # ckpt.pt as a copy of the last step checkpoint (after cp -r, hard links become copies)
+            if entry is None or entry['step'] in seen:
+                continue
+            seen.add(entry['step'])
+            s = score(entry['per_prompt'], c['zero']['per_prompt'], c[base]['per_prompt'])
+            ckpts.append(dict(step=entry['step'], file=os.path.basename(path), sha256=digest[:16],
+                              mean=entry['mean'], se=entry['se'], score=s))
+        ckpts.sort(key=lambda k: k['step'])
+        scored = {n: dict(mean=c[n]['mean'], se=c[n]['se'],
+                          score=score(c[n]['per_prompt'], c['zero']['per_prompt'], c[base]['per_prompt']))
+                  for n in names}
+        res = dict(run=plan['run'], run_id=plan['run_id'], arch=rc.get('arch', '?'), trained_task=rc['task'],
+                   task=task, variant=variant or 'standard', n_prompts=cfg['n_prompts'],
+                   n_points=plan['n_pts'], n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base,
+                   positions=plan['positions'], score=ckpts[-1]['score'],
+                   zero=dict(mean=c['zero']['mean'], se=c['zero']['se']), baselines=scored, checkpoints=ckpts)
+        rows.append(save_result(res, plan, variant, cfg))
     return rows
+
+
+def result_tag(plan, variant, cfg):
+    """the name of a result: what was evaluated, and every setting that changes its numbers where it is not
+    the default, so no call overwrites another's; a checkpoint file given alone gets its step"""
+    parts = [plan['task'], variant, cfg['score_vs'] and 'vs_' + plan['base']]
+    if cfg['n_prompts'] != DEFAULTS['n_prompts']:
+        parts.append(f"n{cfg['n_prompts']}")
+    if cfg['seed'] != DEFAULTS['seed']:
+        parts.append(f"seed{cfg['seed']}")
+    if plan['file_step'] is not None:
+        parts.append(f"step{plan['file_step']}")
+    return '_'.join(filter(None, parts))
+
+
+def merge_earlier(res, path):
+    """res with what an earlier call wrote to the same file kept: its checkpoints (the trajectory of an
+    --all_ckpts call) and baselines that this call did not compute. The same name means the same settings;
+    a result of another run (a directory reused) is replaced, with a note."""
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, ValueError):
+        return res
+    same_run = old.get('run_id') == res['run_id'] or None in (old.get('run_id'), res['run_id'])
+    settings = ('task', 'variant', 'n_prompts', 'seed', 'n_points', 'n_dims', 'score_baseline')
+    if not same_run or [old.get(k) for k in settings] != [res[k] for k in settings]:
+        print(f"note: {path} held the results of another run or setting; replaced")
+        return res
+    steps = {k['step'] for k in res['checkpoints']}
+    kept = [k for k in old.get('checkpoints', []) if k.get('step') not in steps]
+    checkpoints = sorted(kept + res['checkpoints'], key=lambda k: k['step'])
+    baselines = {**old.get('baselines', {}), **res['baselines']}
+    return dict(res, checkpoints=checkpoints, baselines=baselines, score=checkpoints[-1]['score'])
+
+
+def save_result(res, plan, variant, cfg):
+    tag = result_tag(plan, variant, cfg)
+    path = os.path.join(plan['out_dir'], f'eval_{tag}.json')
+    last = res['checkpoints'][-1]
+    print(f"{plan['run']} | {tag} | step {last['step']} | score vs {res['score_baseline']} "
+          f"{fmt_score(last['score'])} | error at the last position {last['mean'][-1]:.4g} "
+          f"(zero {res['zero']['mean'][-1]:.4g})")
+    res = merge_earlier(res, path)
+    png = os.path.join(plan['out_dir'], f'eval_{tag}.png')
+    try:
+        atomic_write(path, json.dumps(_finite(res), indent=1, allow_nan=False))
+        if cfg['plot']:
+            draw({f"step {k['step']}": k for k in res['checkpoints']}, res, png, f"{res['arch']} on {tag}")
+    except OSError as e:
+        scores = ', '.join(f"step {k['step']} {fmt_score(k['score'])}" for k in res['checkpoints'][-8:])
+        raise UserError(f"cannot write the results of {plan['run']} ({e.strerror or e}; disk full?): "
+                        f"{path} and {png} keep what they held; the scores computed: {scores}")
+    return res
 
 # -----------------------------------------------------------------------------
 # plots and the table
@@ -420,8 +596,10 @@ def draw(curves, res, path, title):
            ylim=(-0.05, 1.6))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format='png', dpi=110)
     plt.close(fig)
+    atomic_write(path, png.getvalue())  # a full disk leaves the old figure, not a 0-byte one
 
 
 def _suffixes(paths):
@@ -478,8 +656,7 @@ def write_outputs(rows, prefix, do_plot):
     csv += [k + ',' + ','.join(csv_cell(table[k].get(t)) for t in cols) for k in keys]
     os.makedirs(os.path.dirname(prefix) or '.', exist_ok=True)
     for ext, lines in (('.md', md), ('.csv', csv)):
-        with open(prefix + ext, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+        atomic_write(prefix + ext, '\n'.join(lines) + '\n')
     print(f"wrote {prefix}.md and {prefix}.csv")
     # one figure per task: every run's last checkpoint
     for t in sorted({r['task'] for r in rows}) if do_plot else ():
@@ -494,14 +671,19 @@ def write_outputs(rows, prefix, do_plot):
 def main(argv):
     if any(a in ('-h', '--help') for a in argv):
         print(config_help(__file__, __doc__.strip()))
-        return
+        return []
     runs, cfg = parse_args(argv)
     plans = [plan_run(run, cfg) for run in runs]  # every run checked before any evaluation
     check_memory(cfg, plans)
-    cache = {}  # baseline errors, shared by the runs evaluated on the same prompts
-    rows = [row for plan in plans for row in evaluate_run(plan, cfg, cache)]
+    results = Results(cfg)  # errors shared by the runs evaluated on the same prompts, and with later calls
+    rows = [row for plan in plans for row in evaluate_run(plan, cfg, results)]
     if cfg['out']:
-        write_outputs(rows, cfg['out'], cfg['plot'])
+        try:
+            write_outputs(rows, cfg['out'], cfg['plot'])
+        except OSError as e:
+            raise UserError(f"cannot write the table {cfg['out']}.md/.csv/_<task>.png ({e.strerror or e}; "
+                            "disk full?): what they held is intact; the runs' own results are written")
+    return rows
 
 
 if __name__ == '__main__':

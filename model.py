@@ -450,6 +450,10 @@ def reference_family(cfg):
     return "hybrid"
 
 
+class InitRuleError(RuntimeError):
+    """a parameter that no init rule sets: a table row added without its init rules"""
+
+
 def _init_walk(model, rules, position_std):
     # norms: ones (and zero bias); read-in/out: PyTorch default, as the reference; the position table
     # N(0, position_std); every other module with parameters by rules[its class]
@@ -470,9 +474,9 @@ def _init_walk(model, rules, position_std):
         covered.update(id(p) for p in mod.parameters())
     for name, p in model.named_parameters():
         if id(p) not in covered:
-            raise RuntimeError(f"no init rule covers parameter {name!r}: give its module's row in model.py's "
-                               "MIXERS or FFNS table an init and init_reference rule "
-                               "(init_linears fits a module of Linears)")
+            raise InitRuleError(f"no init rule covers parameter {name!r}: give its module's row in "
+                                "model.py's MIXERS or FFNS table an init and init_reference rule "
+                                "(init_linears fits a module of Linears)")
 
 
 def _table_kinds():

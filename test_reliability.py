@@ -22,7 +22,8 @@ import torch
 
 import ssm_scan
 import train
-from conftest import ENV, ROOT, TINY, metrics, one_error_line, python, run_train, same_tensors, state
+from conftest import (ENV, ROOT, TINY, default_signals, fake_run, metrics, one_error_line, python, run_train,
+                      same_tensors, state)
 
 slow = pytest.mark.slow
 
@@ -90,6 +91,8 @@ def kill_driver(plan, logs, args):
     """run each (kind, n, out_dir) of plan in a fork with that kill point armed; print a JSON report"""
     import traceback
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # what a terminal's run has, even under nohup
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     report = []
     for i, (kind, n, out_dir) in enumerate(plan):
         ckpt = os.path.join(out_dir, "ckpt.pt")
@@ -203,14 +206,14 @@ def _signal_in_step(monkeypatch, step, *signals):
     monkeypatch.setattr(train, "get_batch", get_batch)
 
 
-def test_sighup_stops_gracefully_like_sigterm(tmp_path, monkeypatch, capsys, one_thread):
+def test_sighup_stops_gracefully_like_sigterm(tmp_path, monkeypatch, capsys, one_thread, signals_at_default):
     _signal_in_step(monkeypatch, 6, signal.SIGHUP)
     assert run_train(tmp_path / "r") == 7 and state(tmp_path / "r")["step"] == 7
     assert "stopped at step 7" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the old handler is back
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # the handler it started with is back
 
 
-def test_copies_of_one_signal_are_one_request(tmp_path, monkeypatch, one_thread):
+def test_copies_of_one_signal_are_one_request(tmp_path, monkeypatch, one_thread, signals_at_default):
     # torchrun forwards a Ctrl-C that the terminal also delivered: two signals at once still stop gracefully
     real = train.get_batch
 
@@ -223,7 +226,7 @@ def test_copies_of_one_signal_are_one_request(tmp_path, monkeypatch, one_thread)
     assert run_train(tmp_path / "r") == 5 and state(tmp_path / "r")["step"] == 5
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, one_thread):
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, one_thread, signals_at_default):
     real = train.get_batch
     _signal_in_step(monkeypatch, 12, signal.SIGINT, signal.SIGINT)
     with pytest.raises(train.UserError, match=r"a second SIGINT: stopped at once in step 13; the last checkpoint "
@@ -349,7 +352,7 @@ def test_a_graceful_stop_under_torchrun_checkpoints_within_the_step(tmp_path):
     with open(tmp_path / "out.txt", "w") as log:
         p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               "train.py", *args], cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+                             start_new_session=True, preexec_fn=default_signals)
     try:
         _wait_for_rows(run, 5, [p])
         steps_before = len(metrics(run))
@@ -552,7 +555,7 @@ def test_bad_checkpoints(tmp_path, one_thread):
                 "text": (b"hello", "truncated or corrupted")}
     for name, obj, m in (("tensor", torch.ones(3), "not a checkpoint of this project"),
                          ("state_dict", state(good)["model"], "missing .*optimizer"),
-                         ("evil", {"model": Evil()}, "safe loading refuses"),
+                         ("evil", {"model": Evil()}, "holds pickled code or objects.*not loaded"),
                          ("bad_step", {**state(good), "step": "5"}, "malformed")):
         torch.save(obj, foreign)
         variants[name] = (foreign.read_bytes(), m)
@@ -680,6 +683,222 @@ def test_ddp_hung_rank_times_out(tmp_path):
     assert state(run)["step"] >= 5
 
 # -----------------------------------------------------------------------------
+# round 3: no evaluation result destroyed, ignored signals stay ignored, a full disk is one line everywhere
+
+def _tiny_run(path, *args):
+    r = python("train.py", *TINY, f"--out_dir={path}", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return str(path)
+
+
+@contextlib.contextmanager
+def _small_disk(tmp_path, size="2m", name="small"):
+    mnt = tmp_path / name
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def _fill(mnt, leave_pages=0):
+    """fill the tmpfs mounted at mnt, leaving `leave_pages` free pages"""
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize - leave_pages * 4096
+    with open(mnt / "filler", "wb") as f:
+        f.write(b"\0" * max(free, 0))
+
+
+def test_later_evaluations_never_drop_earlier_results(tmp_path):
+    # --all_ckpts then a plain call keeps the trajectory; another --baselines adds to it; another --seed or
+    # --n_prompts is a file of its own; a checkpoint file alone never writes the run's standard result
+    import evaluate
+    run = fake_run(tmp_path / "r", steps=(0, 5, 10))  # (in-process: no training needed)
+    name = os.path.join(run, "eval_linear_regression_n64.json")
+    evaluate.main([run, "--n_prompts=64", "--plot=False", "--all_ckpts=True"])
+    evaluate.main([run, "--n_prompts=64", "--plot=False"])
+    assert [c["step"] for c in json.load(open(name))["checkpoints"]] == [0, 5, 10]
+    evaluate.main([run, "--n_prompts=64", "--plot=False", "--baselines=zero"])
+    res = json.load(open(name))
+    assert [c["step"] for c in res["checkpoints"]] == [0, 5, 10] and {"least_squares", "zero"} <= set(res["baselines"])
+    before = open(name).read()
+    evaluate.main([run, "--n_prompts=32", "--plot=False"])
+    evaluate.main([run, "--n_prompts=64", "--seed=3", "--plot=False"])
+    evaluate.main([os.path.join(run, "ckpt_0000005.pt"), "--n_prompts=64", "--plot=False"])
+    assert open(name).read() == before
+    for other in ("n32", "n64_seed3", "n64_step5"):
+        assert os.path.isfile(os.path.join(run, f"eval_linear_regression_{other}.json")), other
+
+
+def test_the_results_cache_keeps_settings_apart_and_recomputes_a_changed_checkpoint(tmp_path, monkeypatch):
+    import evaluate
+    run = fake_run(tmp_path / "r", steps=(0, 5))
+    monkeypatch.setenv("EVAL_CACHE", str(tmp_path / "cache"))
+    forwards = [0]
+    real = evaluate.model_predict
+
+    def counting(model, *a):
+        forwards[0] += 1
+        return real(model, *a)
+    monkeypatch.setattr(evaluate, "model_predict", counting)
+    first = evaluate.main([run, "--n_prompts=64", "--plot=False", "--all_ckpts=True"])
+    # ckpt_0000000.pt, ckpt_0000005.pt and ckpt.pt (a copy of step 5 in other bytes: a zip names its records
+    # after the file), one batch each; the copy's step is reported once
+    assert forwards[0] == 3 and [c["step"] for c in first[0]["checkpoints"]] == [0, 5]
+    again = evaluate.main([run, "--n_prompts=64", "--plot=False", "--all_ckpts=True"])
+    assert forwards[0] == 3 and again[0]["checkpoints"] == first[0]["checkpoints"]  # no model forward at all
+    evaluate.main([run, "--n_prompts=96", "--plot=False"])  # other settings: computed, both kept
+    assert forwards[0] == 4
+    fake_run(tmp_path / "r", steps=(5,), init_seed=7)  # rewritten checkpoints: recomputed, never served stale
+    third = evaluate.main([run, "--n_prompts=64", "--plot=False"])
+    assert forwards[0] == 5 and third[0]["score"] != first[0]["score"]
+
+
+@slow
+def test_a_full_disk_while_evaluating_is_one_line_and_keeps_the_old_result(tmp_path):
+    import shutil
+    run = _tiny_run(tmp_path / "r")
+    env = {**ENV, "EVAL_CACHE": str(tmp_path / "cache")}
+    with _small_disk(tmp_path) as mnt:
+        shutil.copytree(run, mnt / "r")
+        r = python("evaluate.py", str(mnt / "r"), "--n_prompts=64", env=env)
+        assert r.returncode == 0, r.stderr
+        old = {f: (mnt / "r" / f).read_bytes() for f in os.listdir(mnt / "r") if f.startswith("eval_")}
+        assert old
+        _fill(mnt)
+        r = python("evaluate.py", str(mnt / "r"), "--n_prompts=64", "--all_ckpts=True",
+                   "--baselines=zero,knn,averaging,lasso", env=env)
+        assert r.returncode != 0 and one_error_line(r), r.stderr
+        assert "No space left on device" in r.stderr and "the scores computed: step" in r.stderr
+        assert "Traceback" not in r.stderr + r.stdout
+        now = {f: (mnt / "r" / f).read_bytes() for f in os.listdir(mnt / "r") if f.startswith("eval_")}
+        assert now == old  # the old JSON and PNG intact, no 0-byte file, no temporary file left
+        json.loads(old["eval_linear_regression_n64.json"])
+
+
+@slow
+def test_a_full_disk_in_the_middle_of_a_checkpoint_archive_is_one_line(tmp_path):
+    # the probe's repro (--n_layer=4 --n_embd=32): when the disk fills inside a record of the zip, torch's
+    # writer raised `RuntimeError: ... unexpected pos` (a traceback) before checkpoints were made in memory
+    # (at 60 and 57 pages short of the step-5 checkpoint; at 54 it was an OSError: where a record straddles)
+    args = [*TINY, "--n_layer=4", "--n_embd=32", "--max_iters=5"]
+    probe = _tiny_run(tmp_path / "probe", *args[len(TINY):])
+    sizes = [os.path.getsize(os.path.join(probe, f"ckpt_{s:07d}.pt")) for s in (0, 5)]
+    pages = [-(-n // 4096) for n in sizes]
+    for short in (60, 57):
+        with _small_disk(tmp_path, name=f"d{short}") as mnt:
+            # the lock, the step-0 checkpoint, log.txt and metrics.jsonl fit; the step-5 checkpoint does not
+            _fill(mnt, leave_pages=1 + pages[0] + 1 + 1 + pages[1] - short)
+            r = python("train.py", *args, f"--out_dir={mnt / 'r'}")
+            assert one_error_line(r), (short, r.stderr[-2000:])
+            assert "cannot write a checkpoint" in r.stderr and "(step 0) is intact" in r.stderr
+            assert not [f for f in os.listdir(mnt / "r") if f.endswith(".tmp")]
+            assert train.load_checkpoint(str(mnt / "r" / "ckpt.pt"))["step"] == 0
+            r = python("train.py", *args, f"--out_dir={mnt / 'r'}", "--resume=True")  # the same again
+            assert one_error_line(r) and "(step 0) is intact" in r.stderr, (short, r.stderr[-2000:])
+
+
+def _ignoring(*signals):
+    def preexec():
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+    return preexec
+
+
+@slow
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path, sig):
+    # `nohup python train.py ... &` then a closed terminal; a script's background job (SIGINT ignored): the run
+    # goes on to its end. SIGTERM still stops it gracefully
+    run = tmp_path / "r"
+    args = [sys.executable, "train.py", *TINY, "--max_iters=100000", "--ckpt_interval=1000", f"--out_dir={run}"]
+    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=_ignoring(sig))
+    try:
+        _wait_for_rows(run, 3, [p])
+        p.send_signal(sig)
+        time.sleep(2)
+        assert p.poll() is None  # still training
+        _wait_for_rows(run, len(metrics(run)) + 3, [p])  # (raises if the run ends instead)
+        p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=60)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and "stopped at step" in out
+
+
+def test_stop_signals_leave_an_ignored_disposition_alone(monkeypatch):
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        monkeypatch.setattr(signal, "getsignal", lambda s, real=signal.getsignal: signal.SIG_IGN if s == sig
+                            else real(s))
+        with train.StopSignals() as stop:
+            assert sig not in stop.old and signal.SIGTERM in stop.old
+    monkeypatch.undo()
+
+
+def test_a_config_file_sees_the_config_so_far(tmp_path):
+    arch = tmp_path / "arch.py"
+    arch.write_text("n_layer = 2\nn_embd = 8 * n_layer\n")
+    task = tmp_path / "task.py"
+    task.write_text("task = 'decision_tree'\nn_dims = 6\ncurriculum_points_start = 2 * n_dims + 1\n"
+                    "n_points = [n_dims * k for k in (3,)][0]\n")
+    cfg, explicit = train.load_config([str(task), str(arch), "--n_head=4"])
+    assert (cfg["n_embd"], cfg["curriculum_points_start"], cfg["n_points"]) == (16, 13, 18)
+    assert {"n_layer", "n_embd", "task", "n_dims", "curriculum_points_start", "n_points", "n_head"} == explicit
+    (tmp_path / "bad.py").write_text("n_layer = n_lyer + 1\n")
+    with pytest.raises(train.UserError, match="NameError.*sees train.py's defaults and the keys of the files"):
+        train.load_config([str(tmp_path / "bad.py")])
+
+
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_disable_the_check(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    torch.save(dict(model=Evil()), tmp_path / "evil.pt")
+    with pytest.raises(train.UserError) as e:
+        train.load_checkpoint(str(tmp_path / "evil.pt"))
+    assert "holds pickled code or objects" in str(e.value) and "not loaded" in str(e.value)
+    assert "weights_only" not in str(e.value) and "False" not in str(e.value)
+
+
+def test_a_table_row_without_init_rules_is_one_line(tmp_path, monkeypatch):
+    import model
+
+    class Attention2(model.CausalSelfAttention):  # a new module whose row has no init rules yet
+        pass
+    monkeypatch.setitem(model.MIXERS, "X", model.Kind(Attention2, "attention", 1e-6, None, None, uses_heads=True))
+    with pytest.raises(train.UserError, match=r"no init rule covers parameter 'h\.0\.mixer\.c_attn\.weight'") as e:
+        run_train(tmp_path / "r", "--layer_pattern=X")
+    assert "\n" not in str(e.value)
+
+
+@slow
+def test_the_log_says_which_scan_backend_a_run_used(tmp_path):
+    # a fallback to the slow torch backend is in log.txt, not only on stderr
+    env = {**ENV, "CXX": "/nonexistent-compiler", "SSM_SCAN_CACHE": str(tmp_path / "empty-cache")}
+    run = tmp_path / "m"
+    r = python("train.py", *TINY, "--layer_pattern=M", "--ffn=none", "--pos=none", "--norm=rmsnorm",
+               "--max_iters=3", f"--out_dir={run}", env=env)
+    assert r.returncode == 0, r.stderr
+    log = (run / "log.txt").read_text()
+    assert "selective scan: the cpu backend" in log
+    assert "note: the cpu scan failed" in log and "uses the torch backend" in log
+
+
+@slow
+def test_evaluate_says_what_it_computes_before_a_long_silence(tmp_path):
+    run = fake_run(tmp_path / "r", steps=(0, 5))
+    r = python("evaluate.py", run, "--n_prompts=128", "--all_ckpts=True", "--plot=False",
+               env={**ENV, "EVAL_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"\d+ of \d+ error curves to compute on 128 prompts", r.stdout)
+
+
+# -----------------------------------------------------------------------------
 # the repository keeps its promises: the README's quick start, the study scripts, the docs it cites
 
 @slow
@@ -701,19 +920,20 @@ def test_readme_quickstart_runs(tmp_path):
     assert "python -m pytest -q" in commands  # the README's test command runs both test files
 
 
-def test_study_configs_stand_alone_and_the_study_script_trains_each_once():
-    # RESULTS.md promises `python train.py configs/study/<run>.py` reproduces each run, and results/study.sh
-    # trains them all, each exactly once
+def test_study_specs_name_every_run_once_and_the_study_script_trains_each_spec_once():
+    # RESULTS.md promises every run of the study is reproducible from configs/study/<experiment>.py, and
+    # results/study.sh trains every spec once
+    import sweep
     from model import ICLModel
-    names = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs", "study")) if f.endswith(".py"))
+    specs = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs", "study")) if f.endswith(".py"))
+    runs = [r for s in specs for r in sweep.plan(sweep.load_spec([f"configs/study/{s}.py"]))]
+    assert len(runs) == 75 == len({r["dir"] for r in runs})
+    for r in runs:
+        assert r["cfg"]["out_dir"] == r["dir"] and r["dir"].startswith("out/study/")
+        ICLModel(train.validate(r["cfg"]))  # valid, and the small sizes build
     script = open(os.path.join(ROOT, "results", "study.sh")).read()
-    assert len(names) >= 70
-    for name in names:
-        cfg = train.load_config([f"configs/study/{name}.py"])[0]
-        assert cfg["out_dir"] == f"out/study/{name}", name
-        ICLModel(train.validate(cfg))  # valid, and the small sizes build
-        assert script.count(f"$C/{name}.py") == 1, f"results/study.sh must train {name} exactly once"
-    assert set(re.findall(r"\$C/(\w+)\.py", script)) == set(names)
+    trained = re.findall(r"^\s+train ([\w ]+?)\s*(?:#.*)?$", script, re.M)
+    assert sorted(" ".join(trained).split()) == specs
 
 
 def test_repository_cites_only_files_and_sections_it_holds():
@@ -753,10 +973,14 @@ def test_paper_sweep_dry_run_lists_the_72_runs():
     assert r.returncode == 0 and r.stderr == "" and len(lines) == 72 == len(set(lines))
     pairs = set()
     for line in lines:
-        m = re.fullmatch(r"python train.py configs/(\w+)\.py configs/(\w+)\.py --out_dir=out/paper/\1-\2", line)
+        m = re.fullmatch(r"python train.py configs/(\w+)\.py configs/(\w+)\.py --out_dir=out/paper/\1-\2"
+                         r" --resume=auto", line)
         assert m, line
         pairs.add(m.groups())
-    assert len(pairs) == 72 and {t for _, t in pairs} == set(train.tasks.TASKS)
+    # the paper's six tasks (not tasks.TASKS: a task added to this code is not in the paper)
+    paper_tasks = {"linear_regression", "sparse_linear_regression", "relu2nn_regression", "decision_tree",
+                   "sparse_parity", "mqar"}
+    assert len(pairs) == 72 and {t for _, t in pairs} == paper_tasks
     for arch, task in sorted(pairs)[::7]:  # a sample: each command is a valid config
         train.validate(train.load_config([f"configs/{arch}.py", f"configs/{task}.py"])[0])
     r = subprocess.run(["bash", "results/paper.sh", "--dry-run", "--archs=llama", "--max_iters=2", "--device=cpu"],
@@ -786,7 +1010,8 @@ def test_paper_sweep_trains_resumes_and_evaluates_a_subset_on_cpu(tmp_path):
     r = subprocess.run(["bash", "results/paper.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=900)  # again: every run resumes to nothing
     assert r.returncode == 0 and r.stdout.count("done:") == 4, r.stdout
-    assert "resuming at step 2" in (tmp_path / "paper" / "gpt2-linear_regression" / "log.txt").read_text()
+    assert ("finished at step 2 (max_iters 2); nothing to do"  # --resume=auto: a finished run is left alone
+            in (tmp_path / "paper" / "gpt2-linear_regression.log").read_text())
     r = subprocess.run(["bash", "results/paper.sh", "--slurm", *args], cwd=ROOT, env=env, capture_output=True,
                        text=True)
     sbatch = (tmp_path / "paper" / "sweep.sbatch").read_text()
@@ -795,3 +1020,390 @@ def test_paper_sweep_trains_resumes_and_evaluates_a_subset_on_cpu(tmp_path):
     r = subprocess.run(["bash", "results/paper.sh", "--cost", *args], cwd=ROOT, env=env, capture_output=True,
                        text=True)
     assert r.returncode == 0 and "not measured (no GPU run)" in r.stdout
+
+# -----------------------------------------------------------------------------
+# the cached C++ scan library: a damaged file is rebuilt, never mapped (it died of SIGBUS); CXX is a command line
+
+MAMBA = ["--layer_pattern=M", "--ffn=none", "--pos=none", "--norm=rmsnorm", "--n_layer=1", "--n_embd=16", "--n_head=2",
+         "--batch_size=8", "--max_iters=3", "--log_interval=1"]
+FALLBACK = "using the torch backend"
+# the cpu backend against the torch one in a fresh process; prints the file name of the library it loaded
+SCAN_CHECK = """
+import os, torch, ssm_scan
+g = torch.Generator().manual_seed(0)
+u, delta, z = (torch.randn(2, 8, 20, generator=g) for _ in range(3))
+B, C = (torch.randn(2, 4, 20, generator=g) for _ in range(2))
+kw = dict(D=torch.randn(8, generator=g), z=z, delta_softplus=True)
+A = -torch.rand(8, 4, generator=g) - 0.5
+out = ssm_scan.selective_scan(u, delta, A, B, C, **kw, backend="cpu")
+ref = ssm_scan.selective_scan(u, delta, A, B, C, **kw, backend="torch")
+assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+print(os.path.basename(ssm_scan._cpu_library()._name))
+"""
+
+
+def _scan_env(cache, **env):
+    return {**{k: v for k, v in ENV.items() if k != "CXX"}, "SSM_SCAN_CACHE": str(cache), **env}
+
+
+def _mamba_train(out_dir, cache, **env):
+    return python("train.py", *MAMBA, f"--out_dir={out_dir}", env=_scan_env(cache, **env))
+
+
+def _logging_cxx(tmp_path):  # a compiler that appends a line to a log on every call: builds can be counted
+    import shutil
+    cxx = tmp_path / "cxx"
+    cxx.write_text(f'#!/bin/sh\necho build >> "{tmp_path}/builds"\nexec "{shutil.which("c++")}" "$@"\n')
+    cxx.chmod(0o755)
+    return cxx
+
+
+def _builds(tmp_path):
+    return len((tmp_path / "builds").read_text().splitlines())
+
+
+def _loads_in_a_child(lib):
+    r = python("-c", f"import ctypes; ctypes.CDLL({str(lib)!r}).forward_f32")
+    return r.returncode == 0
+
+
+@slow
+def test_a_damaged_cached_scan_library_is_rebuilt_not_mapped(tmp_path):
+    cache = tmp_path / "cache"
+    r = _mamba_train(tmp_path / "first", cache)
+    assert r.returncode == 0 and FALLBACK not in r.stderr, r.stderr[-2000:]
+    lib, = cache.glob("*.so")
+    good = lib.read_bytes()
+    damages = dict(half=good[:len(good) // 2], empty=b"", random=random.Random(0).randbytes(len(good)))
+    for name, damaged in damages.items():
+        lib.write_bytes(damaged)  # in place, as a full disk or a copy cut short leaves it
+        r = _mamba_train(tmp_path / name, cache)
+        assert r.returncode == 0, (name, r.returncode, r.stderr[-2000:])
+        assert "Bus error" not in r.stderr and FALLBACK not in r.stderr, (name, r.stderr[-2000:])
+        assert list(cache.glob("*.so")) == [lib] and lib.read_bytes() != damaged, name
+        assert len(lib.read_bytes()) == len(good) and _loads_in_a_child(lib), name  # rebuilt whole
+
+
+@slow
+def test_a_damaged_scan_library_that_cannot_be_rebuilt_falls_back_in_one_line(tmp_path):
+    cxx = _logging_cxx(tmp_path)
+    cache = tmp_path / "cache"
+    r = _mamba_train(tmp_path / "first", cache, CXX=str(cxx))
+    assert r.returncode == 0 and FALLBACK not in r.stderr, r.stderr[-2000:]
+    lib, = cache.glob("*.so")
+    lib.write_bytes(lib.read_bytes()[:lib.stat().st_size // 2])
+    cxx.unlink()  # the same CXX, so the same cache file, but no compiler to rebuild it with
+    r = _mamba_train(tmp_path / "second", cache, CXX=str(cxx))
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert len(err) == 1 and FALLBACK in err[0] and lib.name in err[0] and "not found" in err[0], err
+
+
+@slow
+def test_processes_healing_one_damaged_scan_library_at_once_build_it_once(tmp_path):
+    cxx = _logging_cxx(tmp_path)
+    cache = tmp_path / "cache"
+    r = python("-c", SCAN_CHECK, env=_scan_env(cache, CXX=str(cxx)))
+    assert r.returncode == 0 and _builds(tmp_path) == 1, r.stderr[-2000:]
+    lib, = cache.glob("*.so")
+    lib.write_bytes(lib.read_bytes()[:lib.stat().st_size // 2])
+    procs = [subprocess.Popen([sys.executable, "-c", SCAN_CHECK], cwd=ROOT, env=_scan_env(cache, CXX=str(cxx)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert all(rc == 0 and out.strip() == lib.name for rc, out, _ in results), results
+    assert _builds(tmp_path) == 2 and _loads_in_a_child(lib)  # one of them rebuilt it, the others waited for it
+
+
+@slow
+def test_cxx_is_a_command_line_and_part_of_the_cache_key(tmp_path):
+    cache = tmp_path / "cache"
+    r = python("-c", SCAN_CHECK, env=_scan_env(cache, CXX="c++ -fno-strict-aliasing"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    with_flags = r.stdout.strip()
+    r = python("-c", SCAN_CHECK, env=_scan_env(cache))  # the default compiler: its own build, not the other's
+    assert r.returncode == 0 and r.stdout.strip() != with_flags, r.stderr[-2000:]
+    assert sorted(p.name for p in cache.glob("*.so")) == sorted([with_flags, r.stdout.strip()])
+
+
+def test_cxx_whose_first_word_is_missing_is_named_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSM_SCAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ssm_scan, "_cpu_lib", None)
+    monkeypatch.setenv("CXX", "no-such-cxx -O2")
+    with pytest.raises(ssm_scan.CPUBuildError) as e:
+        ssm_scan._cpu_library()
+    assert str(e.value) == "no C++ compiler ('no-such-cxx' not found; set CXX)"
+    monkeypatch.setenv("CXX", "c++ '-O2")
+    with pytest.raises(ssm_scan.CPUBuildError, match="not a command line") as e:
+        ssm_scan._cpu_library()
+    assert len(str(e.value).splitlines()) == 1
+
+
+# -----------------------------------------------------------------------------
+# results/paper.sh, stops and edges: a run a signal stopped is reported as stopped and stops the sweep, only
+# finished runs are scored, the SLURM task passes SLURM's TERM on and requeues itself, PAPER_OUT may hold a
+# space, and bad lists, overrides and --cost without runs end in one line
+
+PAPER_TINY = ["--device=cpu", "--n_layer=1", "--n_embd=16", "--n_head=2"]
+
+
+def _paper_env(tmp_path, out="paper", **extra):
+    env = {k: v for k, v in ENV.items() if k not in ("GPUS", "PAPER_OUT", "PAPER_TABLE", "EVAL_ARGS")}
+    return {**env, "PAPER_OUT": str(tmp_path / out), "PAPER_TABLE": str(tmp_path / "table3"), **extra}
+
+
+def _paper(env, *args, timeout=120):
+    return subprocess.run(["bash", "results/paper.sh", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _popen_group(argv, env, cwd=ROOT):
+    """a process in a session of its own (so that a test can signal or clean up all it started), with
+    Ctrl-C's SIGINT at its default, as a terminal's foreground job has it"""
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _kill_group(p):
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.communicate()
+
+
+def _wait_for_metrics(run, p, deadline=120):
+    """until the run has logged a metrics row (it is in its training loop)"""
+    end = time.time() + deadline
+    while not (os.path.isfile(run / "metrics.jsonl") and os.path.getsize(run / "metrics.jsonl")):
+        assert p.poll() is None, p.communicate()
+        assert time.time() < end, "the run logged nothing"
+        time.sleep(0.05)
+
+
+def test_paper_sweep_refuses_empty_unknown_lists_and_per_run_overrides_in_one_line(tmp_path):
+    env = _paper_env(tmp_path)
+    for bad in (["--archs="], ["--tasks="], ["--archs=nope"], ["--archs=linear_regression"], ["--tasks=gpt2"],
+                ["--archs=gpt2,,mamba"], ["--archs=gpt2,gpt2"], ["--out_dir=somewhere"], ["--resume=True"]):
+        for mode in (["--slurm"], ["--dry-run"], []):
+            r = _paper(env, *mode, *bad, "--max_iters=2")
+            assert one_error_line(r) and r.stdout == "", (mode, bad, r.stdout, r.stderr)
+            assert not (tmp_path / "paper").exists(), (mode, bad)  # nothing written, nothing started
+    r = _paper(env, "--slurm", "--archs=gpt2")
+    assert r.returncode == 0 and "#SBATCH --array=0-5" in (tmp_path / "paper" / "sweep.sbatch").read_text()
+
+
+def test_paper_sweep_quotes_a_paper_out_with_a_space(tmp_path):
+    import shlex
+    env = _paper_env(tmp_path, out="my paper")
+    r = _paper(env, "--dry-run", "--archs=gpt2", "--tasks=mqar", "--max_iters=2")
+    assert r.returncode == 0
+    assert shlex.split(r.stdout) == ["python", "train.py", "configs/gpt2.py", "configs/mqar.py",
+                                     f"--out_dir={tmp_path}/my paper/gpt2-mqar", "--resume=auto",
+                                     "--max_iters=2"]
+    r = _paper(env, "--slurm", "--archs=gpt2", "--tasks=mqar,decision_tree", "--max_iters=2")
+    script = tmp_path / "my paper" / "sweep.sbatch"
+    assert r.returncode == 0 and shlex.split(r.stdout.split(": ", 1)[1]) == ["sbatch", str(script)]
+    text = script.read_text()
+    assert f'#SBATCH --output="{tmp_path}/my paper/slurm-%A_%a.log"' in text.splitlines()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    r = _paper(_paper_env(tmp_path, out='a"b'), "--slurm")  # an #SBATCH line cannot quote this one
+    assert one_error_line(r) and not (tmp_path / 'a"b').exists()
+
+
+def test_paper_cost_without_runs_and_with_garbage_metrics_lines(tmp_path):
+    for out in ("missing", "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        r = _paper(_paper_env(tmp_path, out=out), "--cost")
+        assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "no runs in" in r.stderr and "--max_iters=" in r.stderr and "--cost" in r.stderr
+    run = tmp_path / "paper" / "gpt2-linear_regression"
+    run.mkdir(parents=True)
+    (run / "log.txt").write_text(f"new run in {run} | 1 process(es) on cuda:0 | torch 2 | git x\n")
+    # train.py tolerates (and drops) what is not a row: garbage, JSON that is no object, bad bytes, a bad
+    # rate, the half-written last line of a killed run
+    (run / "metrics.jsonl").write_bytes(b'{"step": 1, "steps_per_s": 100.0}\nnot json\n[1, 2]\n\xff\xfe\n'
+                                        b'{"step": 2, "steps_per_s": "fast"}\n'
+                                        b'{"step": 3, "steps_per_s": 100.0}\n'
+                                        b'{"step": 4, "steps_per_s": 100.0}\n{"step": 5, "steps_p')
+    r = _paper(_paper_env(tmp_path), "--cost", "--archs=gpt2", "--tasks=linear_regression")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "| gpt2-linear_regression | cuda:0 | 100.0 | 1.4 |" in r.stdout, r.stdout
+
+
+@slow
+@pytest.mark.parametrize("target", ["train.py", "the sweep", "Ctrl-C"])
+def test_paper_sweep_reports_a_stopped_run_and_starts_no_other(tmp_path, target):
+    # SIGTERM to the train.py (a person, a preemption), SIGTERM to the sweep's own process, or Ctrl-C
+    # (SIGINT to the terminal's whole foreground group): the run checkpoints, the sweep says so and stops
+    env = _paper_env(tmp_path, GPUS="cpu")  # one lane: the second run would start only after the first
+    first, second = tmp_path / "paper" / "gpt2-linear_regression", tmp_path / "paper" / "gpt2-decision_tree"
+    p = _popen_group(["bash", "results/paper.sh", "--archs=gpt2", "--tasks=linear_regression,decision_tree",
+                      "--max_iters=100000", "--log_interval=1", *PAPER_TINY], env)
+    try:
+        _wait_for_metrics(first, p)
+        if target == "train.py":
+            os.kill(int((first / "train.lock").read_text()), signal.SIGTERM)
+        elif target == "the sweep":
+            os.kill(p.pid, signal.SIGTERM)
+        else:
+            os.killpg(p.pid, signal.SIGINT)
+        end = time.time() + 120
+        while p.poll() is None:
+            assert not second.exists(), "the sweep started the next run after a stop"
+            assert time.time() < end
+            time.sleep(0.1)
+        out, err = p.communicate(timeout=30)  # (nothing the sweep started outlives it, holding its output)
+    finally:
+        _kill_group(p)
+    status = train.run_status(str(first))
+    assert status["state"] == "unfinished" and status["step"] >= 1
+    stopped = f"stopped: gpt2-linear_regression at step {status['step']} of 100000\n"
+    assert p.returncode == 1 and out == stopped, (p.returncode, out, err)
+    assert "run the same command again" in err
+    assert f"stopped at step {status['step']}" in (first / "log.txt").read_text()
+    assert not second.exists() and not (tmp_path / "table3.md").exists()  # nothing else started or scored
+
+
+@slow
+def test_paper_eval_scores_finished_runs_only_and_names_the_unfinished(tmp_path):
+    env = _paper_env(tmp_path, EVAL_ARGS="--n_prompts=64")
+    done, stopped = (tmp_path / "paper" / f"{arch}-linear_regression" for arch in ("gpt2", "llama"))
+    r = python("train.py", "configs/gpt2.py", "configs/linear_regression.py", f"--out_dir={done}",
+               "--max_iters=2", *PAPER_TINY)
+    assert r.returncode == 0, r.stderr
+    p = _popen_group([sys.executable, "train.py", "configs/llama.py", "configs/linear_regression.py",
+                      f"--out_dir={stopped}", "--max_iters=100000", "--log_interval=1", *PAPER_TINY], ENV)
+    try:
+        _wait_for_metrics(stopped, p)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=120)
+    finally:
+        _kill_group(p)
+    step = train.run_status(str(stopped))["step"]
+    assert p.returncode == 0 and train.run_status(str(stopped))["state"] == "unfinished"
+    r = _paper(env, "--eval", "--archs=gpt2,llama", "--tasks=linear_regression", timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert f"left out: llama-linear_regression (unfinished: step {step} of 100000)" in r.stdout.splitlines()
+    for table in ("table3.md", "table3_classical.md"):
+        text = (tmp_path / table).read_text()
+        assert "| gpt2 |" in text and "llama" not in text, text
+
+
+@slow
+def test_paper_slurm_task_passes_term_on_requeues_then_finishes(tmp_path):
+    import shlex
+    out = tmp_path / "my paper"  # a space: every path in the script is quoted
+    env = _paper_env(tmp_path, out="my paper")
+    r = _paper(env, "--slurm", "--archs=gpt2", "--tasks=linear_regression", "--max_iters=1500",
+               "--batch_size=8", "--log_interval=10", *PAPER_TINY)
+    script = out / "sweep.sbatch"
+    assert r.returncode == 0 and subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # a fake scontrol, first on PATH, records what it is asked; SLURM's variables for array task 0 of job 4242
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(calls))}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}", "SLURM_ARRAY_JOB_ID": "4242",
+             "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "4243", "SLURM_SUBMIT_DIR": ROOT}
+    run = out / "gpt2-linear_regression"
+    p = _popen_group(["bash", str(script)], slurm, cwd=tmp_path)  # (it goes to SLURM_SUBMIT_DIR itself)
+    try:
+        _wait_for_metrics(run, p)
+        os.kill(p.pid, signal.SIGTERM)  # --signal=B:TERM@300: to the batch shell only
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        _kill_group(p)
+    status = train.run_status(str(run))
+    assert p.returncode == 0 and status["state"] == "unfinished", (p.returncode, stdout, stderr[-2000:])
+    assert f"stopped: gpt2-linear_regression at step {status['step']} of 1500; requeued" in stdout, stdout
+    assert f"stopped at step {status['step']}" in (run / "log.txt").read_text()  # train.py checkpointed
+    assert calls.read_text() == "requeue 4242_0\n"
+    r = subprocess.run(["bash", str(script)], cwd=tmp_path, env=slurm, capture_output=True, text=True,
+                       timeout=600)  # the requeued task: continues to the end, and is not requeued again
+    # (train.py's own lines come first: a task's output is its SLURM log)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "done: gpt2-linear_regression", r.stderr[-2000:]
+    assert train.run_status(str(run)) == dict(state="finished", step=1500, max_iters=1500)
+    assert f"resuming at step {status['step']}" in (run / "log.txt").read_text()
+    assert calls.read_text() == "requeue 4242_0\n"
+    # a failing train.py: the task exits with its code, and is not requeued
+    r = _paper(_paper_env(tmp_path, out="bad"), "--slurm", "--archs=gpt2", "--tasks=mqar", "--no_such_key=1")
+    assert r.returncode == 0
+    r = subprocess.run(["bash", str(tmp_path / "bad" / "sweep.sbatch")], cwd=tmp_path, env=slurm,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout.splitlines()[-1] == "FAILED: gpt2-mqar (exit 2)", (r.stdout, r.stderr)
+    assert "error: " in r.stderr
+    assert calls.read_text() == "requeue 4242_0\n"
+
+# -----------------------------------------------------------------------------
+# a finished torchrun run exits 0 every time: no worker tears the gloo group down in interpreter finalization
+
+# the workers' sitecustomize: finalization drops its sys.modules entry before it collects torch's modules, so it
+# notes the threads alive when the interpreter starts to finalize
+_FINALIZATION_PROBE = '''
+import os
+import sys
+
+
+class _Probe:
+    def __del__(self):
+        names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+        with open(os.environ["FINALIZATION_PROBE"], "a") as f:
+            f.write(f"rank {os.environ['RANK']} finalizing, threads: {' '.join(names)}\\n")
+
+
+if "RANK" in os.environ:  # a worker, not torchrun's agent
+    sys.modules["_finalization_probe"] = _Probe()
+'''
+
+
+@slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_a_finished_torchrun_run_exits_0_every_time(tmp_path):
+    """finding 10: 8 finished 2-process runs (fresh; resumed; resumed right after rank 1 was SIGKILLed mid-run) each
+    exit 0 without a `terminate called` abort, and no worker reaches interpreter finalization with gloo's threads
+    alive (torch.distributed.nn holds the group past destroy_process_group; tearing it down there could abort)"""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_FINALIZATION_PROBE)
+    probe = tmp_path / "finalizing.txt"
+    env = {**ENV, "FINALIZATION_PROBE": str(probe),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "site"), ENV.get("PYTHONPATH")]))}
+
+    def torchrun(run, *args):
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
+                f"--out_dir={run}", *args]
+
+    def finish(run, steps, *args):
+        probe.unlink(missing_ok=True)
+        r = subprocess.run(torchrun(run, f"--max_iters={steps}", *args), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=180)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and "terminate called" not in out, out[-3000:]
+        assert f"done at step {steps} " in (run / "log.txt").read_text() and state(run)["step"] == steps
+        assert not probe.exists(), probe.read_text()
+
+    def kill_rank_1_mid_run(run):
+        rows = len(metrics(run))
+        p = subprocess.Popen(torchrun(run, "--resume=True", "--max_iters=100000", "--ddp_timeout=20"), cwd=ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        workers = []
+        try:
+            _wait_for_rows(run, rows + 5, [p])
+            workers = _children(p.pid)
+            rank_1 = [c for c in workers if "\0RANK=1\0" in "\0" + open(f"/proc/{c}/environ").read()]
+            os.kill(rank_1[0], signal.SIGKILL)
+            assert p.wait(timeout=90) != 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+            for pid in workers:  # (not in torchrun's process group; a reaped pid may be another process's now)
+                with contextlib.suppress(OSError):
+                    if str(run) in open(f"/proc/{pid}/cmdline").read():
+                        os.kill(pid, signal.SIGKILL)
+        return state(run)["step"]
+
+    for i in range(4):  # 8 finished runs and 2 killed ones: a minute or two on 2 cores
+        run = tmp_path / f"run{i}"
+        finish(run, 20)
+        if i % 2 == 0:
+            finish(run, kill_rank_1_mid_run(run) + 20, "--resume=True")
+        else:
+            finish(run, 40, "--resume=True")

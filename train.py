@@ -13,6 +13,7 @@ written. A run directory holds one run: a new run refuses a directory that holds
 metrics file, and a lock file keeps a second train.py out of a directory in use.
 """
 import ast
+import atexit
 import builtins
 import contextlib
 import datetime
@@ -20,6 +21,7 @@ import difflib
 import fcntl
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -28,6 +30,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -42,7 +45,7 @@ from tqdm import tqdm
 
 import ssm_scan
 import tasks
-from model import ICLModel, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
+from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 
 # -----------------------------------------------------------------------------
 # default config values: a small GPT-2 on 5-d linear regression that learns in a few CPU minutes
@@ -54,7 +57,7 @@ keep_every = 0               # ... and every multiple of this (0: none); a multi
 eval_interval = 250          # held-out loss every this many steps
 eval_batches = 4             # ... on this many batches of batch_size fixed prompts (never trained on)
 log_interval = 50            # one log line / metrics row every this many steps
-resume = False               # continue the run in out_dir from its latest checkpoint
+resume = False               # continue the run in out_dir from its latest checkpoint; 'auto': for launchers
 allow_config_change = False  # on resume, accept changed model/data keys or process count (at your own risk)
 wandb_log = False            # log to wandb (off by default; imported lazily on rank 0)
 wandb_project = 'icl'        # the wandb project
@@ -109,7 +112,8 @@ min_lr = 0.0                 # the cosine schedule's final learning rate
 seed = 1337                  # fixes the init and the data stream
 device = 'auto'              # auto | cpu | cuda | cuda:N
 dtype = 'float32'            # float32 | bfloat16 (autocast; the scan and the loss stay fp32)
-compile = False              # torch.compile the model
+compile = False              # torch.compile the model (the selective scan is one opaque op in the graph)
+compile_mode = 'default'     # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 ddp_timeout = 600            # seconds a process waits for the others before the job fails
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
@@ -117,7 +121,7 @@ DEFAULTS = {k: v for k, v in globals().items()
 # the tables themselves (not copies): a task or FFN added to tasks.TASKS or model.FFNS is a valid name at once
 CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS,
                lr_schedule=('constant', 'cosine'), dtype=('float32', 'bfloat16'),
-               scan_backend=ssm_scan.BACKENDS)
+               scan_backend=ssm_scan.BACKENDS, compile_mode=('default', 'reduce-overhead', 'max-autotune'))
 # number keys that must be >= 1 (POSITIVE) or >= 0 (NONNEG); ints <= 2**62 (tensor sizes) or their UPPER bound
 POSITIVE = '''batch_size n_dims n_points n_layer n_embd n_head n_positions d_state d_conv expand ckpt_interval
     keep_last eval_interval eval_batches log_interval curriculum_interval curriculum_dims_start
@@ -129,7 +133,7 @@ NONNEG = '''max_iters keep_every micro_batch_size warmup_iters seed dt_rank grad
 UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)
 # keys that may differ between a checkpoint and the resumed run without changing what is trained
 RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every
-    eval_interval eval_batches log_interval wandb_log wandb_project device compile scan_backend
+    eval_interval eval_batches log_interval wandb_log wandb_project device compile compile_mode scan_backend
     ddp_timeout'''.split())
 # a directory holding any of these holds a run
 RUN_FILES = re.compile(r'ckpt\.pt|ckpt_\d+\.pt|metrics\.jsonl|log\.txt')
@@ -166,11 +170,18 @@ def parse_value(key, raw, default):
         return raw  # not a literal: coerce() says it has the wrong type
 
 
+# keys that take a word besides a value of their default's type
+WORDS = dict(resume=('auto',))
+
+
 def coerce(key, value, default, where):
+    if value in WORDS.get(key, ()):
+        return value
     if type(value) is int and type(default) is float:
         value = float(value)  # --learning_rate=1 means 1.0
     if type(value) is not type(default):
-        raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}), "
+        words = ''.join(f" or {w!r}" for w in WORDS.get(key, ()))
+        raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}){words}, "
                         f"got {short(value)}")
     return value
 
@@ -181,21 +192,45 @@ def _unknown_key(key, where):
     return UserError(f"unknown config key {short(key)} in {where}{hint}")
 
 
-def _run_config_file(path):
-    """the keys a config file sets: it runs as a module (one namespace), and its plain values are the keys"""
+def _read_config_file(path):
+    """(path, compiled code, the names its top level assigns): read before any file runs, so the task files
+    can be ordered after the architecture files"""
     if os.path.isdir(path):
         raise UserError(f"config file {short(path)} is a directory (the presets are files in configs/)")
     if not os.path.isfile(path):
         raise UserError(f"config file {short(path)} not found (the presets are in configs/)")
-    ns = {}
     try:
         with open(path) as f:
-            code = builtins.compile(f.read(), path, 'exec')  # the config key 'compile' shadows the builtin
+            tree = ast.parse(f.read(), path)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}")
+    assigned = set()
+    pending = list(tree.body)
+    while pending:  # every statement of the module's top level, compound ones included, not inside a def
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            assigned.add(node.id)
+        pending.extend(ast.iter_child_nodes(node))
+    # the config key 'compile' shadows the builtin
+    return path, builtins.compile(tree, path, 'exec'), assigned
+
+
+def _run_config_file(path, code, assigned, cfg):
+    """the keys a config file sets. It runs as a module with the config so far in scope (train.py's defaults
+    and the files before it), so `curriculum_points_start = 2 * n_dims + 1` works; its plain values that it
+    assigns (or changes) are the keys it sets."""
+    ns = dict(cfg)
+    try:
         exec(code, ns)
     except (Exception, SystemExit) as e:
-        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}")
+        hint = (" (a config file sees train.py's defaults and the keys of the files before it)"
+                if isinstance(e, NameError) else '')
+        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}{hint}")
     return {k: v for k, v in ns.items()
-            if not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
+            if (k in assigned or k not in cfg or v is not cfg[k])
+            and not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
 
 
 def load_config(argv, sources=None):
@@ -205,11 +240,17 @@ def load_config(argv, sources=None):
     sources = {} if sources is None else sources
     sources.update(dict.fromkeys(DEFAULTS, "train.py's defaults"))
     overrides = [a for a in argv if a.startswith('-')]
-    files = [(a, _run_config_file(a)) for a in argv if not a.startswith('-')]
-    files.sort(key=lambda item: 'task' in item[1])  # stable: architecture files first, task files after
+    files = [_read_config_file(a) for a in argv if not a.startswith('-')]
+    files.sort(key=lambda item: 'task' in item[2])  # stable: architecture files first, task files after
     settings = []
-    for path, items in files:
-        settings += [(key, value, path) for key, value in items.items()]
+    for path, code, assigned in files:
+        items = _run_config_file(path, code, assigned, cfg)
+        for key, value in items.items():
+            if key not in DEFAULTS:
+                raise _unknown_key(key, path)
+            cfg[key] = coerce(key, value, DEFAULTS[key], path)
+            sources[key] = path
+        settings += [(key, cfg[key], path) for key in items]
     for arg in overrides:
         key, eq, raw = arg[2:].partition('=') if arg.startswith('--') else (arg, '', '')
         if not arg.startswith('--') or not eq:
@@ -303,6 +344,11 @@ def resolve_device(cfg):
     if cfg['scan_backend'] == 'cpu' and dev != 'cpu':
         raise UserError(f"scan_backend='cpu' is the CPU kernel, but the run is on {dev}; "
                         "use scan_backend='auto'")
+    mamba = 'M' in cfg['layer_pattern'] or cfg['ffn'] == 'mamba' or cfg['mamba_embed']
+    scan = ssm_scan.resolve_backend(cfg['scan_backend'], torch.device(dev))
+    if cfg['compile'] and mamba and scan == 'torch':
+        raise UserError("compile=True needs the fused scan (scan_backend='auto', 'cpu' or 'triton'): the "
+                        "torch backend's backward cannot run inside the compiled graph")
     if cfg['wandb_log'] and importlib.util.find_spec('wandb') is None:
         raise UserError("wandb_log=True but wandb is not installed (pip install wandb), "
                         "or leave wandb_log off")
@@ -335,10 +381,13 @@ def load_checkpoint(path):
             # weights_only: never runs pickled code
             ckpt = None if bad else torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        refused = 'weights_only' in str(e) or 'Unsupported global' in str(e)
-        what = ("holds objects that safe loading refuses (not a checkpoint of this project?)" if refused
-                else "is not a readable checkpoint (truncated or corrupted?)")
-        raise UserError(f"{path} {what}: {_oneline(e)}")
+        if 'weights_only' in str(e) or 'Unsupported global' in str(e):
+            # torch's message advises turning the check off: never repeat that for a file we cannot vouch for
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            held = f" ({found[1]})" if found else ''
+            raise UserError(f"{path} holds pickled code or objects{held}, not only tensors: it was not "
+                            "loaded (not a checkpoint written by this project's train.py?)")
+        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupted?): {_oneline(e)}")
     if bad:
         raise UserError(f"{path} is corrupted: checksum mismatch in {bad}")
     keys = ('model', 'optimizer', 'step', 'config', 'model_args')
@@ -359,7 +408,19 @@ def step_checkpoints(out_dir):
     return sorted(found)
 
 
-def resume_checkpoint(out_dir):
+def run_status(out_dir):
+    """where the run in out_dir stands: dict(state='new' | 'unfinished' | 'finished', step, max_iters).
+    'new': the directory holds no run; otherwise its resume checkpoint's step against its config's max_iters.
+    A UserError when it holds run files but no readable checkpoint."""
+    if not RunDirectory(out_dir).run_files():
+        return dict(state='new', step=None, max_iters=None)
+    _, ckpt = resume_checkpoint(out_dir, quiet=True)
+    max_iters = ckpt['config'].get('max_iters', DEFAULTS['max_iters'])
+    state = 'finished' if ckpt['step'] >= max_iters else 'unfinished'
+    return dict(state=state, step=ckpt['step'], max_iters=max_iters)
+
+
+def resume_checkpoint(out_dir, quiet=False):
     """(path, checkpoint) to resume from: ckpt.pt, or, when it is missing, the newest readable step
     checkpoint"""
     latest = os.path.join(out_dir, 'ckpt.pt')
@@ -369,22 +430,44 @@ def resume_checkpoint(out_dir):
         try:
             ckpt = load_checkpoint(path)
         except UserError as e:
-            print(f"note: skipping {path}: {e}", file=sys.stderr)
+            if not quiet:
+                print(f"note: skipping {path}: {e}", file=sys.stderr)
             continue
-        print(f"note: {latest} is missing; resuming from the newest step checkpoint {path} (step {step})")
+        if not quiet:
+            print(f"note: {latest} is missing; resuming from the newest step checkpoint {path} (step {step})")
         return path, ckpt
     raise UserError(f"no readable checkpoint in {out_dir} (ckpt.pt is missing and no ckpt_<step>.pt loads)")
 
 
-def _fsync_write(path, write):
-    tmp = path + '.tmp'
+def serialize(state):
+    """a checkpoint's bytes, made in memory: the file write is then one write that either fits or raises
+    OSError (torch's zip writer, writing to a full disk, fails mid-archive with a RuntimeError instead)"""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getbuffer()
+
+
+UMASK = os.umask(0)
+os.umask(UMASK)  # (read once: mkstemp's files are private, the files we write keep the usual permissions)
+
+
+def atomic_write(path, data):
+    """write `data` (bytes or text) to `path` through a temporary file in the same directory, fsynced and
+    renamed: a crash, a full disk or a second Ctrl-C leaves the old file or the new one, never a part of one,
+    and removes the temporary file (a SIGKILL can leave one behind: RunDirectory.claim clears the run's)"""
+    if isinstance(data, str):
+        data = data.encode()
+    folder, name = os.path.split(path)
+    # a unique name: two writers of one file at once (two evaluations) never share a temporary file
+    fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=name + '.', suffix='.tmp')
     try:
-        with open(tmp, 'wb') as f:
-            write(f)
+        with os.fdopen(fd, 'wb') as f:
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
-    except BaseException:  # disk full, a second Ctrl-C: no partial .tmp is left behind; `path` is untouched
+    except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
@@ -409,7 +492,7 @@ def truncate_metrics(path, step):
                 dropped += 1
             elif row_step <= step:
                 keep.append(line)
-    _fsync_write(path, lambda f: f.write(b''.join(keep)))
+    atomic_write(path, b''.join(keep))
     return dropped
 
 
@@ -452,6 +535,10 @@ class RunDirectory:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.lock_fd = fd
+        # what a SIGKILLed writer of this run left (evaluation outputs are not ours to clear)
+        for name in os.listdir(self.dir):
+            if re.fullmatch(r'(ckpt(_\d+)?\.pt|metrics\.jsonl)\..+\.tmp', name):
+                os.remove(os.path.join(self.dir, name))
 
     def release(self):
         if self.lock_fd is not None:
@@ -531,6 +618,8 @@ def build(cfg, mcfg, device):
             batch = get_batch(val_cfg, 0, 0, cfg['batch_size'], batch_generator(cfg['seed'], -1 - i, 0))
             val.append([t.to(device) for t in batch])
         return val, ICLModel(mcfg).to(device)
+    except InitRuleError as e:  # a table row without its init rules: the user's edit, not a bug to trace
+        raise UserError(str(e))
     except (RuntimeError, OverflowError, MemoryError) as e:
         allocation = isinstance(e, (torch.OutOfMemoryError, MemoryError, OverflowError)) or re.search(
             r"alloc|out of memory|not enough memory|Overflow|too large|invalid argument|numel", str(e), re.I)
@@ -543,7 +632,8 @@ class StopSignals:
     """SIGINT, SIGTERM and SIGHUP (Ctrl-C, a scheduler's preemption, a closed terminal) ask the run to stop
     after the current step with a checkpoint; another one a second or more later stops it at once. (Copies
     within a second are the same request: under torchrun a Ctrl-C reaches each worker twice, from the
-    terminal and forwarded by torchrun.) The old handlers come back on exit."""
+    terminal and forwarded by torchrun.) SIGINT and SIGHUP are left alone when they were ignored at start
+    (`nohup`, a script's background job); SIGTERM always stops. The old handlers come back on exit."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     SAME_REQUEST_S = 1.0
 
@@ -560,7 +650,12 @@ class StopSignals:
             raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
 
     def __enter__(self):
-        self.old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        self.old = {}
+        for s in self.SIGNALS:
+            # SIGINT or SIGHUP ignored at start (nohup, a background job) stays ignored, as POSIX tools do
+            if s != signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:
+                continue
+            self.old[s] = signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc):
@@ -591,9 +686,16 @@ def main(argv):
     master = rank == 0
     run = RunDirectory(cfg['out_dir'])
     ckpt = None
-    if cfg['resume']:
+    # 'auto' (for launchers): a new run into a directory without one, else continue it, or do nothing if done
+    auto = cfg['resume'] == 'auto'
+    if cfg['resume'] and not (auto and not run.run_files()):
         ckpt_path, ckpt = resume_checkpoint(run.dir)
         cfg = resume_config(cfg, explicit, ckpt, ckpt_path, world)
+        if auto and ckpt['step'] >= cfg['max_iters']:
+            if master:
+                print(f"{run.dir}: finished at step {ckpt['step']} (max_iters {cfg['max_iters']}); "
+                      "nothing to do")
+            return ckpt['step']
     else:
         run.check_new()
     mcfg = validate(cfg, world)
@@ -652,7 +754,10 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
     # --- the optimizer, and the checkpoint's state when resuming
     groups = raw_model.optim_groups(cfg['weight_decay'])
     opt_cls = torch.optim.AdamW if cfg['weight_decay'] > 0 else torch.optim.Adam  # the paper: plain Adam
-    optimizer = opt_cls(groups, lr=cfg['learning_rate'], betas=(cfg['beta1'], cfg['beta2']))
+    # fused: one kernel for the whole update on a GPU (launch-bound steps); the CPU keeps the default,
+    # so CPU runs stay bit-identical
+    fused = dict(fused=True) if device.type == 'cuda' else {}
+    optimizer = opt_cls(groups, lr=cfg['learning_rate'], betas=(cfg['beta1'], cfg['beta2']), **fused)
     step = 0
     if ckpt is not None:
         try:
@@ -666,7 +771,9 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             g.update(betas=(cfg['beta1'], cfg['beta2']), weight_decay=fresh['weight_decay'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng']['torch'])
-    model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    # reduce-overhead: CUDA graphs replay each step's kernels in one launch (shapes are static per curriculum
+    # stage, so each stage captures once)
+    model = torch.compile(raw_model, mode=cfg['compile_mode']) if cfg['compile'] else raw_model
     if ddp:
         model = DDP(model, device_ids=[device.index] if device.type == 'cuda' else None)
     counts = raw_model.param_counts()
@@ -681,14 +788,15 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                      curriculum=dict(zip(('n_dims_active', 'n_points'), tasks.curriculum(step, cfg))))
         named = os.path.join(run.dir, f'ckpt_{step:07d}.pt')
         try:
-            _fsync_write(run.ckpt, lambda f: torch.save(state, f))
+            data = serialize(state)
+            atomic_write(run.ckpt, data)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(named)  # a stale one from before a crash
             try:
                 # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
                 os.link(run.ckpt, named)
             except OSError:
-                _fsync_write(named, lambda f: torch.save(state, f))
+                atomic_write(named, data)
             kept = [s for s, _ in step_checkpoints(run.dir)
                     if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)]
             for s in kept[:-cfg['keep_last']]:
@@ -717,6 +825,8 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
         log(f"config: {json.dumps(cfg, sort_keys=True)}")
         log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
         log(describe_task(cfg, sources))
+        if counts['mamba']:
+            log(f"selective scan: the {ssm_scan.resolve_backend(cfg['scan_backend'], device)} backend")
         if dropped:
             log(f"note: dropped {dropped} malformed line(s) of {run.metrics}")
     wandb = None
@@ -727,6 +837,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                    resume='allow')
 
     start = step
+    fell_back = set(ssm_scan.fallbacks())
     s_last = step
     stopping = False
     t0 = time.time()
@@ -772,6 +883,11 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                     raise UserError(msg)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                for kernel, why in ssm_scan.fallbacks().items():  # stderr only would leave the log silent
+                    if kernel not in fell_back:
+                        fell_back.add(kernel)
+                        log(f"note: the {kernel} scan failed ({why}); this run uses the torch backend "
+                            "(slower)")
                 step += 1
                 last = step == cfg['max_iters']
                 save = last or stopping or step % cfg['ckpt_interval'] == 0
@@ -826,6 +942,18 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
     return step
 
 
+def _exit_finished_worker():
+    """exit 0 from a torchrun worker whose run finished (files written, lock released, group destroyed),
+    skipping the interpreter's finalization: torch.distributed.nn, which DDP imports, keeps the gloo group
+    alive past destroy_process_group, and tearing it down there can meet a gloo thread waiting for the GIL:
+    SIGABRT, `terminate called without an active exception`, after a clean finish"""
+    atexit._run_exitfuncs()  # what a normal exit runs first (wandb's finish, tqdm's monitor)
+    with contextlib.suppress(OSError):  # a reader that left loses nothing
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == '__main__':
     try:
         main(sys.argv[1:])
@@ -834,3 +962,5 @@ if __name__ == '__main__':
     except (UserError, OSError) as e:  # OSError: permissions, a path that is not a directory
         print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
         sys.exit(2)
+    if int(os.environ.get('RANK', -1)) != -1:  # launched by torchrun
+        _exit_finished_worker()

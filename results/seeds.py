@@ -3,6 +3,8 @@ The scores of several training seeds per arm, from evaluate.py's JSON files: per
 a 95% confidence interval over seeds (Student's t), each seed's score with its interval over prompts, and the
 score-by-step curves (mean over seeds, one line per arm).
     python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse
+    python results/seeds.py out/study/sparse_*/eval_sparse_linear_regression.json      # (unquoted: the files)
+    python results/seeds.py --help
 An arm is a run name without its `_s<seed>` suffix (sparse_gpt2_s1337, sparse_gpt2_s1338 -> sparse_gpt2).
 --out=PREFIX writes PREFIX.md (the table), PREFIX.csv, PREFIX_by_step.png and PREFIX_by_step.csv (every run's
 every checkpoint); --title names the figure;
@@ -13,11 +15,22 @@ step-N checkpoint instead of its last (needs evaluate.py --all_ckpts=True): arms
 of steps compared at equal steps; a run without that checkpoint is left out, and the table says so.
 """
 import glob
+import io
 import json
 import math
 import os
 import re
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's root
+from train import atomic_write  # noqa: E402 -- a full disk leaves the old table, never a part of one
+
+OPTIONS = ('out', 'title', 'arms', 'positions', 'step')
+
+
+def fail(message):  # bad input: one line, exit status 2, as train.py and evaluate.py
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
 
 # two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -48,12 +61,24 @@ def over_seeds(values):
     return mean, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
-def load(pattern):
+def load(patterns):
+    """the results of the eval JSON files named (or matched by quoted globs), by arm"""
     arms = {}
-    for path in sorted(glob.glob(pattern)):
-        res = json.load(open(path))
+    paths = sorted({p for pattern in patterns for p in (glob.glob(pattern) or [pattern])})
+    for path in paths:
+        try:
+            with open(path) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            fail(f'cannot read {path}: {e}')
         arms.setdefault(arm_of(res['run']), []).append(res)
     return arms
+
+
+def save_png(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=110)
+    atomic_write(path, buffer.getvalue())
 
 
 def at_step(arms, step):
@@ -93,6 +118,10 @@ def by_step(arms, path, title, ylabel):
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for arm, runs in arms.items():
         steps = sorted(set.intersection(*({c['step'] for c in r['checkpoints']} for r in runs)))
+        fewer = [r['run'] for r in runs if len(r['checkpoints']) > len(steps)]
+        if fewer:  # the curve is drawn at the steps every seed has: say what that leaves out
+            print(f"note: {arm}: drawn at the {len(steps)} step(s) every seed has; {', '.join(fewer)} "
+                  "hold more (evaluate the others with --all_ckpts=True)", file=sys.stderr)
         means, halves = [], []
         for step in steps:
             values = [next(c['score']['score'] for c in r['checkpoints'] if c['step'] == step) for r in runs]
@@ -105,7 +134,7 @@ def by_step(arms, path, title, ylabel):
     ax.set(xlabel='training step', ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
     plt.close(fig)
 
 
@@ -123,8 +152,7 @@ def curves(arms, positions, prefix, title):
     baseline_rows['`zero`'] = [first['zero']['mean'][i] for i in positions]
     for label, values in {**rows, **baseline_rows}.items():
         lines.append(f'| {label} | ' + ' | '.join(f'{v:.3f}' for v in values) + ' |')
-    with open(prefix + '_curves.md', 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    atomic_write(prefix + '_curves.md', '\n'.join(lines) + '\n')
     print('\n'.join(lines))
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for label, values in rows.items():
@@ -134,28 +162,37 @@ def curves(arms, positions, prefix, title):
     ax.set(xlabel='in-context examples', ylabel='squared error (mean over seeds)', title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(prefix + '_curves.png', dpi=110)
+    save_png(fig, prefix + '_curves.png')
     plt.close(fig)
 
 
 def main(argv):
+    if any(a in ('-h', '--help') for a in argv):
+        print(__doc__.strip())
+        return
     patterns = [a for a in argv if not a.startswith('--')]
-    opts = dict(a[2:].split('=', 1) for a in argv if a.startswith('--') and '=' in a)
-    if len(patterns) != 1:
-        sys.exit('usage: python results/seeds.py GLOB_OF_EVAL_JSONS [--out=PREFIX] [--title=T] [--arms=a,b]')
-    arms = load(patterns[0])
+    opts = {}
+    for a in (a for a in argv if a.startswith('--')):
+        key, eq, value = a[2:].partition('=')
+        if key not in OPTIONS or not eq:
+            fail(f"unknown option {a!r}; seeds.py takes eval JSON files (or quoted globs) and "
+                     f"--{'=, --'.join(OPTIONS)}= (python results/seeds.py --help)")
+        opts[key] = value
+    if not patterns:
+        fail('no eval JSON given (python results/seeds.py --help)')
+    arms = load(patterns)
     if not arms:
-        sys.exit(f'error: no eval JSON matches {patterns[0]}')
+        fail(f'no eval JSON matches {" ".join(patterns)}')
     if 'arms' in opts:
         arms = {a: arms[a] for a in opts['arms'].split(',') if a in arms}
     else:
         arms = dict(sorted(arms.items()))
     if 'step' in opts and 'positions' in opts:
-        sys.exit('error: --positions reads the last checkpoint\'s errors; it cannot be combined with --step')
+        fail('--positions reads the last checkpoint\'s errors; it cannot be combined with --step')
     if 'step' in opts:
         arms = at_step(arms, int(opts['step']))
         if not arms:
-            sys.exit(f'error: no run in {patterns[0]} has a step-{opts["step"]} checkpoint')
+            fail(f'no run in {" ".join(patterns)} has a step-{opts["step"]} checkpoint')
     baseline = next(iter(arms.values()))[0]['score_baseline']
     lines, csv = table(arms, baseline)
     if 'step' in opts:
@@ -163,20 +200,18 @@ def main(argv):
     print('\n'.join(lines))
     if 'out' in opts:
         prefix = opts['out']
-        with open(prefix + '.md', 'w') as f:
-            f.write('\n'.join(lines) + '\n')
-        with open(prefix + '.csv', 'w') as f:
-            f.write('\n'.join(csv) + '\n')
+        atomic_write(prefix + '.md', '\n'.join(lines) + '\n')
+        atomic_write(prefix + '.csv', '\n'.join(csv) + '\n')
         title = opts.get('title', os.path.basename(prefix))
         by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean over seeds, 95% CI)')
-        with open(prefix + '_by_step.csv', 'w') as f:  # every run's every checkpoint, behind the figure
-            f.write('arm,run,step,score,ci95_prompts\n')
-            for arm, runs in arms.items():
-                for r in runs:
-                    for c in r['checkpoints']:
-                        value = c['score']['score']
-                        half = 1.96 * c['score']['se']
-                        f.write(f"{arm},{r['run']},{c['step']},{value:.6f},{half:.6f}\n")
+        rows = ['arm,run,step,score,ci95_prompts']  # every run's every checkpoint, behind the figure
+        for arm, runs in arms.items():
+            for r in runs:
+                for c in r['checkpoints']:
+                    value = c['score']['score']
+                    half = 1.96 * c['score']['se']
+                    rows.append(f"{arm},{r['run']},{c['step']},{value:.6f},{half:.6f}")
+        atomic_write(prefix + '_by_step.csv', '\n'.join(rows) + '\n')
         print(f'wrote {prefix}.md, {prefix}.csv, {prefix}_by_step.png and {prefix}_by_step.csv')
         if 'positions' in opts:
             lo, _, hi = opts['positions'].partition('-')
@@ -184,4 +219,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except BrokenPipeError:  # `--help | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

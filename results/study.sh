@@ -1,28 +1,25 @@
 #!/usr/bin/env bash
-# The CPU-scale study of RESULTS.md: trains every run in configs/study/ and evaluates them.
-#     bash results/study.sh            # experiments 1-5: train (two lanes of one-thread jobs), then evaluate
+# The CPU-scale study of RESULTS.md: trains the sweeps of configs/study/ (one spec per experiment) and
+# evaluates them.
+#     bash results/study.sh            # experiments 1-5: train (two one-thread runs at a time), then evaluate
 #     bash results/study.sh eval       # evaluate only (the runs must exist in out/study/)
 #     bash results/study.sh followups  # the longer follow-ups (d = 6 parity, 3,000-step Llama MQAR), trained
 #                                      # and evaluated
-#     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train in two lanes, evaluate
+#     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train, evaluate
 #     bash results/study.sh part2 eval # evaluate part 2 only (whichever of its runs exist)
 #     bash results/study.sh part2 eval tree   # one experiment of part 2: sparse, tree, mlp or rest
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are
-# skipped.
-# Each run's own log is out/study/<run>/log.txt; this script's output is out/study/<lane>.log.
+# skipped (sweep.py); a sweep with a failed run ends the script after its report. Each run's log is
+# out/study/<run>/log.txt (and its output train.out); python sweep.py configs/study/<experiment>.py --dry-run
+# lists an experiment's runs and their commands.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1   # one thread per job: two jobs fill two cores without thrashing
 mkdir -p out/study
 
-train() {  # train the given configs one after the other, resuming any that has a checkpoint
-    for cfg in "$@"; do
-        name=$(basename "$cfg" .py)
-        resume=
-        if [ -f "out/study/$name/ckpt.pt" ]; then
-            resume=--resume=True
-        fi
-        python train.py "$cfg" $resume
+train() {  # the given experiments' sweeps, one after the other, two runs at a time (the evaluation is below)
+    for experiment in "$@"; do
+        python sweep.py "configs/study/$experiment.py" --jobs=2 --threads=1 --evaluate=False
     done
 }
 
@@ -48,7 +45,6 @@ fig.savefig(png, dpi=110)
 PY
 }
 
-C=configs/study
 S=out/study
 
 finished() {  # those of the given run directories whose run reached its last step: part 2 evaluates what was
@@ -142,14 +138,17 @@ PY
         llama_mamba_pos llama_mamba_ffn)
     # the parameter counts of every run of the study, and part 2's training times (from the runs' logs)
     python - > results/study_params.txt <<'PY'
-import glob, os, tasks, train
+import glob, os, sweep, tasks, train
 from model import ICLModel
 # the paper's presets (configs/<arch>.py at their own size, E = 256, 12 blocks), then the study's runs
 presets = [p for p in sorted(glob.glob('configs/*.py')) if os.path.basename(p)[:-3] not in tasks.TASKS]
+runs = {os.path.basename(r['dir']): r['cfg'] for spec in sorted(glob.glob('configs/study/*.py'))
+        for r in sweep.plan(sweep.load_spec([spec]))}
+configs = [(p[len('configs/'):-3], train.load_config([p])[0]) for p in presets]
 print('| run | backbone params | total |\n|---|---|---|')
-for path in presets + sorted(glob.glob('configs/study/*.py')):
-    counts = ICLModel(train.validate(train.load_config([path])[0])).param_counts()
-    print(f"| {path[len('configs/'):-3]} | {counts['backbone']:,} | {counts['total']:,} |")
+for name, cfg in configs + [(f'study/{name}', runs[name]) for name in sorted(runs)]:
+    counts = ICLModel(train.validate(cfg)).param_counts()
+    print(f"| {name} | {counts['backbone']:,} | {counts['total']:,} |")
 PY
     # per run: its last held-out loss and the 'done at step' line(s) of its log (with the training time)
     python - $(finished $S/{sparse,tree,mlp}_* $linear2) > results/part2_times.txt <<'PY'
@@ -173,45 +172,14 @@ PY
 }
 if [ "${1:-}" = part2 ]; then
     if [ "${2:-}" != eval ]; then
-        # two lanes of roughly equal CPU time, in order of what RESULTS.md part 2 needs most: the 3-seed
-        # sparse-linear arms, GPT-2 SwiGLU (Fig. 5), the trees' GPT-2 (the tree score's baseline) and
-        # GPT-2 RMS, the MLP arms, then the Mamba family (about 4x a transformer's step time)
-        train $C/sparse_gpt2_s1337.py $C/sparse_gpt2_rms_s1337.py $C/sparse_gpt2_rms_quirks_s1337.py \
-              $C/sparse_gpt2_s1338.py $C/sparse_gpt2_rms_s1338.py $C/sparse_gpt2_rms_quirks_s1338.py \
-              $C/sparse_gpt2_s1339.py $C/sparse_gpt2_rms_s1339.py $C/sparse_gpt2_rms_quirks_s1339.py \
-              $C/sparse_gpt2_swiglu_s1337.py \
-              $C/tree_gpt2_s1337.py $C/tree_gpt2_s1338.py $C/tree_gpt2_s1339.py \
-              $C/mlp_gpt2_s1337.py $C/mlp_gpt2_s1338.py \
-              $C/tree_mamba_s1337.py $C/sparse_llama_mamba_s1337.py $C/tree_gpt2_rms_quirks_s1338.py \
-              $C/linear_gpt2_swiglu.py $C/linear_gpt2_rms_swiglu.py \
-              $C/sparse_gpt2_rope_s1337.py $C/sparse_gpt2_rms_rope_s1337.py \
-              $C/sparse_gpt2_rope_swiglu_s1337.py \
-              $C/tree_llama_s1337.py $C/mlp_mamba_s1337.py $C/linear_llama_mamba_pos.py \
-              $C/tree_llama_mamba_pos_s1339.py > out/study/part2_laneA.log 2>&1 &
-        train $C/sparse_gpt2_rms_swiglu_s1337.py $C/sparse_gpt2_rms_swiglu_quirks_s1337.py \
-              $C/sparse_llama_s1337.py \
-              $C/sparse_gpt2_rms_swiglu_s1338.py $C/sparse_gpt2_rms_swiglu_quirks_s1338.py \
-              $C/sparse_llama_s1338.py \
-              $C/sparse_gpt2_rms_swiglu_s1339.py $C/sparse_gpt2_rms_swiglu_quirks_s1339.py \
-              $C/sparse_llama_s1339.py \
-              $C/tree_gpt2_rms_s1337.py $C/tree_gpt2_rms_s1338.py $C/tree_gpt2_rms_s1339.py \
-              $C/tree_gpt2_rms_quirks_s1337.py $C/mlp_gpt2_s1339.py $C/mlp_llama_s1337.py \
-              $C/tree_llama_mamba_pos_s1337.py \
-              $C/linear_gpt2_rope.py $C/linear_gpt2_rms_rope.py $C/linear_gpt2_rope_swiglu.py \
-              $C/tree_gpt2_rms_quirks_s1339.py $C/linear_llama_mamba_ffn.py \
-              $C/tree_mamba_s1338.py $C/sparse_mamba_s1337.py $C/tree_mamba_s1339.py \
-              $C/tree_mamba_quirks_s1337.py $C/tree_llama_mamba_pos_s1338.py \
-              > out/study/part2_laneB.log 2>&1 &
-        wait
+        train sparse tree mlp linear_part2   # in the order RESULTS.md part 2 needs them most
     fi
     part2_eval "${3:-all}"
     exit
 fi
 if [ "${1:-}" = followups ]; then
     # 2: GPT-2, Llama and Mamba on the easier d = 6 parity for 12,000 steps; 3: Llama on MQAR for 3,000 steps
-    train $C/parity_d6_mamba.py > out/study/laneA.log 2>&1 &
-    train $C/parity_d6_gpt2.py $C/parity_d6_llama.py $C/mqar_llama_long.py > out/study/laneB.log 2>&1 &
-    wait
+    train followups
     python evaluate.py $S/mqar_llama_long --all_ckpts=True
     # scored against the Bayes-optimal learner
     python evaluate.py $S/parity_d6_{gpt2,llama,mamba} --all_ckpts=True --out=results/parity_d6
@@ -221,14 +189,7 @@ if [ "${1:-}" = followups ]; then
     exit
 fi
 if [ "${1:-}" != eval ]; then
-    # two lanes of roughly equal CPU time
-    train $C/linear_mamba.py $C/linear_llama_mamba.py $C/mqar_mamba.py $C/ablation_quirks_s1337.py \
-          $C/ablation_clean_s1338.py $C/parity_llama_mamba.py > out/study/laneA.log 2>&1 &
-    train $C/linear_gpt2.py $C/linear_gpt2_rms.py $C/linear_llama.py $C/linear_mambaformer.py \
-          $C/mqar_gpt2.py $C/mqar_llama.py $C/parity_gpt2.py $C/parity_llama.py $C/parity_mamba.py \
-          $C/mqar_llama_mamba.py \
-          $C/ablation_quirks_s1338.py $C/ablation_clean_s1337.py > out/study/laneB.log 2>&1 &
-    wait
+    train linear parity mqar ablation
 fi
 
 # 2, the paper's protocol: parity scored against the trained Mamba (printed only: the table run below
