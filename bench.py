@@ -21,15 +21,35 @@ import time
 
 import torch
 
+import configurator
 import model as model_module
 import ssm_scan
 import train
+from harness import UserError
 from model import ICLModel
 
-args = dict(a[2:].split('=', 1) if '=' in a else (a[2:], 'True') for a in sys.argv[1:])
-device = torch.device(args.get('device', 'cuda' if torch.cuda.is_available() else 'cpu'))
-sections = args.get('sections', 'scan,small,paper,layers').split(',')
-reps = int(args.get('reps', 5))
+# -----------------------------------------------------------------------------
+# defaults, each overridable with --key=value
+device = ''                      # '' = cuda when there is one, else cpu
+sections = 'scan,small,paper,layers'   # which tables: any of scan, small, paper, layers
+reps = 5                         # timed calls per measurement (the median is shown)
+# -----------------------------------------------------------------------------
+if any(a in ('-h', '--help') for a in sys.argv[1:]):
+    try:
+        print(configurator.help_text(__file__, __doc__.strip()))
+    except BrokenPipeError:  # `--help | head`: the reader left
+        pass
+    sys.exit(0)
+try:  # the same loader as train.py: a typo is refused, not ignored
+    opts, _ = configurator.load(sys.argv[1:], configurator.defaults_of(globals()), script='bench.py')
+    if set(opts['sections'].split(',')) - {'scan', 'small', 'paper', 'layers'}:
+        raise UserError(f"--sections={opts['sections']!r}: choose from scan, small, paper, layers")
+except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+device = torch.device(opts['device'] or ('cuda' if torch.cuda.is_available() else 'cpu'))
+sections = opts['sections'].split(',')
+reps = opts['reps']
 kernel = 'triton' if device.type == 'cuda' else 'cpu'  # the fused backend of this device
 if device.type == 'cuda':
     mem_budget = torch.cuda.get_device_properties(device).total_memory * 0.6

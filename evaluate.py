@@ -27,8 +27,8 @@ from tqdm import tqdm
 import tasks
 from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
-from train import (UserError, atomic_write, config_help, load_checkpoint, parse_value, serialize, short,
-                   step_checkpoints)
+from harness import UserError, atomic_write, load_checkpoint, serialize, short, step_checkpoints
+from configurator import help_text, parse_value
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value
@@ -167,7 +167,7 @@ def plan_run(run, cfg):
     if cfg['variants'] and task != 'linear_regression':
         raise UserError("the OOD suite is defined for linear regression; add --task=linear_regression to "
                         f"evaluate this {task} run on it")
-    n_pts = record.eval_points(rc)
+    n_pts = rc['n_points']  # the prompts' length: the trained one
     if n_pts < 2:
         raise UserError(f"{run}: prompts of {n_pts} point(s) have no prediction after an example to score")
     ok, where = _writable_dir(out_dir)
@@ -670,7 +670,7 @@ def write_outputs(rows, prefix, do_plot):
 
 def main(argv):
     if any(a in ('-h', '--help') for a in argv):
-        print(config_help(__file__, __doc__.strip()))
+        print(help_text(__file__, __doc__.strip()))
         return []
     runs, cfg = parse_args(argv)
     plans = [plan_run(run, cfg) for run in runs]  # every run checked before any evaluation

@@ -103,7 +103,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, hidden)
         self.c_proj = nn.Linear(hidden, cfg.n_embd)
 
-    def forward(self, x, rope=None):
+    def forward(self, x):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
 
 
@@ -115,7 +115,7 @@ class SwiGLU(nn.Module):
         self.w_up = nn.Linear(cfg.n_embd, hidden, bias=False)
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=False)  # Llama's down_proj
 
-    def forward(self, x, rope=None):
+    def forward(self, x):
         return self.c_proj(F.silu(self.w_gate(x)) * self.w_up(x))
 
 # -----------------------------------------------------------------------------
@@ -163,7 +163,7 @@ class MambaBlock(nn.Module):
         self.mixer = MambaMixer(cfg)
         self.skip = 2.0 if cfg.reference_quirks else 1.0
 
-    def forward(self, x, rope=None):
+    def forward(self, x):
         return self.skip * x + self.mixer(self.norm(x))
 
 # -----------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def init_mamba_reference(mod, cfg, family):
 
 @dataclass(frozen=True)
 class Kind:
-    module: type                       # built as module(cfg); forward(x, rope=None)
+    module: type                       # built as module(cfg); a mixer's forward(x, rope=None), an FFN's (x)
     group: str                         # its group in ICLModel.param_counts
     rms_eps: float                     # eps of an RMSNorm in front of it
     init: Callable                     # clean init rule: init(module, cfg)

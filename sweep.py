@@ -53,8 +53,9 @@ import types
 
 from tqdm import tqdm
 
+import configurator
 import train
-from train import UserError, short
+from harness import UserError, short
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value (a train.py key, --max_iters=1000, goes to every run instead)
@@ -229,7 +230,7 @@ def parse_seeds(value, where):
     return seeds_
 
 
-def assigned_names(path):
+def file_assigns(path):
     """the names a Python file's top level assigns (read, not run: a config file may need train.py's keys in
     scope to run)"""
     if not os.path.isfile(path):
@@ -239,16 +240,12 @@ def assigned_names(path):
             tree = ast.parse(f.read(), path)
     except (SyntaxError, ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not Python: {type(e).__name__}: {oneline(e)}")
-    names = set()
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, 'target', None)]
-        names |= {t.id for t in targets if isinstance(t, ast.Name)}
-    return names
+    return configurator.assigned_names(tree)
 
 
 def read_spec(path):
     """the names a spec file sets (run as a module, as train.py runs a config); None for a config file"""
-    if not set(assigned_names(path)) & set(SPEC_KEYS):
+    if not file_assigns(path) & set(SPEC_KEYS):
         return None
     ns = {}
     try:
@@ -609,7 +606,7 @@ def sweep_command(spec, *extra):
 # -----------------------------------------------------------------------------
 # --dry-run, --slurm, --cost
 
-def dry_run(spec, runs):
+def show_dry_run(spec, runs):
     counts = {s: sum(r['state'] == s for r in runs) for s in ('finished', 'unfinished', 'new', 'unreadable')}
     print(f"sweep {spec['out']}: {len(runs)} runs ({len(spec['arms'])} arms): " +
           ', '.join(f'{n} {s}' for s, n in counts.items() if n))
@@ -692,7 +689,7 @@ def measured_rate(run_dir):
     return device, procs, (rates[len(rates) // 2] if rates else None)
 
 
-def cost(spec, runs):
+def show_cost(spec, runs):
     rows = [(r, *measured_rate(r['dir'])) for r in runs]
     if not any(device for _, device, _, _ in rows):
         print(f"no run of {spec['out']} has trained yet: nothing to measure. Train every run "
@@ -1036,7 +1033,7 @@ def report(spec, runs, signum):
 
 def main(argv):
     if any(a in ('-h', '--help') for a in argv):
-        print(train.config_help(__file__, __doc__.strip()))
+        print(configurator.help_text(__file__, __doc__.strip()))
         return 0
     spec = load_spec(argv)
     every = plan(spec)
@@ -1049,10 +1046,10 @@ def main(argv):
     if len(modes) > 1:
         raise UserError(f"--{' and --'.join(modes)}: give one of them")
     if modes == ['dry_run']:
-        dry_run(spec, runs)
+        show_dry_run(spec, runs)
         return 0
     if modes == ['cost']:
-        cost(spec, runs)
+        show_cost(spec, runs)
         return 0
     lock = os.path.join(spec['out'], 'sweep.lock')
     os.makedirs(spec['out'], exist_ok=True)

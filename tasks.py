@@ -122,10 +122,6 @@ def _one(n_dims):
     return 1
 
 
-def _trained_length(cfg):
-    return cfg["n_points"]
-
-
 @dataclass(frozen=True)
 class Task:
     sampler: Callable               # sampler(B, N, d, d_act, generator, **params) -> xs, ys (above)
@@ -137,8 +133,6 @@ class Task:
     y_dim: Callable = _one          # n_dims -> the width of y
     predict_last: bool = False      # trained and scored on the final (query) point only
     noise: bool = True              # takes noise_std (training noise on y)
-    # run config -> the evaluation prompts' length (default: the trained one)
-    eval_points: Callable = _trained_length
 
 
 TASKS = {
@@ -154,7 +148,6 @@ TASKS = {
     "mqar": Task(sample_mqar, "retrieval_dict", ("retrieval_dict",), y_dim=lambda n_dims: n_dims,
                  predict_last=True, noise=False),
 }
-TASK_NAMES = tuple(TASKS)  # the paper's six (a task added to TASKS counts everywhere: the code reads TASKS)
 
 
 def get(task):

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import baselines
+import configurator
 import evaluate
 import model
 import ssm_scan
@@ -625,7 +626,6 @@ def test_tasks_shapes_dtypes_and_records(task):
     names = [record.score_baseline, record.fallback_baseline, *record.plot_baselines]
     assert all(n in baselines.BASELINES for n in names if n not in ("model", ""))  # records name real baselines
     assert (record.score_baseline == "model") == bool(record.fallback_baseline)
-    assert record.eval_points(dict(n_points=N)) == N
 
 
 def test_tasks_records_hold_the_paper_facts():
@@ -1223,7 +1223,7 @@ def test_train_names_the_task_and_where_it_came_from(tmp_path, capsys, one_threa
 
 
 def test_train_help_lists_every_key_with_its_default_and_comment():
-    text = train.config_help(train.__file__, "usage")
+    text = configurator.help_text(train.__file__, "usage")
     for key, value in train.DEFAULTS.items():
         line = next(l for l in text.splitlines() if l.strip().startswith(f"--{key}="))
         assert len(line.split(None, 1)) == 2, key  # every key has its comment

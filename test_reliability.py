@@ -20,6 +20,7 @@ import zipfile
 import pytest
 import torch
 
+import harness
 import ssm_scan
 import train
 from conftest import (ENV, ROOT, TINY, default_signals, fake_run, metrics, one_error_line, python, run_train,
@@ -84,7 +85,7 @@ def _arm(kind, n):
         def patched_open(p, m="r", *a):
             f = builtins.open(p, m, *a)
             return Half(f) if str(p).endswith(".jsonl") and m == "a" else f
-        train.open = patched_open
+        harness.open = patched_open
 
 
 def kill_driver(plan, logs, args):
@@ -575,7 +576,7 @@ def test_bad_checkpoints(tmp_path, one_thread):
         with pytest.raises(train.UserError, match=m) as e:
             train.main([f"--out_dir={d}", "--resume=True"])
         assert "\n" not in str(e.value) and (d / "ckpt.pt").read_bytes() == before, name
-        assert set(os.listdir(d)) <= {"ckpt.pt", train.LOCK_FILE}, name
+        assert set(os.listdir(d)) <= {"ckpt.pt", harness.LOCK_FILE}, name
     assert not (tmp_path / "PWNED").exists()
     # resuming with a changed model or data key is refused unless asked; the refusal changes nothing
     with pytest.raises(train.UserError, match=r"resume would change the run .*n_embd: 16 -> 32.*allow_config_change"):
@@ -850,7 +851,7 @@ def test_a_config_file_sees_the_config_so_far(tmp_path):
     assert (cfg["n_embd"], cfg["curriculum_points_start"], cfg["n_points"]) == (16, 13, 18)
     assert {"n_layer", "n_embd", "task", "n_dims", "curriculum_points_start", "n_points", "n_head"} == explicit
     (tmp_path / "bad.py").write_text("n_layer = n_lyer + 1\n")
-    with pytest.raises(train.UserError, match="NameError.*sees train.py's defaults and the keys of the files"):
+    with pytest.raises(train.UserError, match="NameError.*sees the defaults and the keys of the files"):
         train.load_config([str(tmp_path / "bad.py")])
 
 

@@ -12,29 +12,17 @@ order, wherever they stand. Bad input stops with one line `error: ...` (exit cod
 written. A run directory holds one run: a new run refuses a directory that holds any checkpoint, log or
 metrics file, and a lock file keeps a second train.py out of a directory in use.
 """
-import ast
-import atexit
-import builtins
 import contextlib
 import datetime
-import difflib
-import fcntl
 import hashlib
 import importlib.util
-import io
 import json
 import math
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import types
-import warnings
-import zipfile
 from dataclasses import asdict
 
 import torch
@@ -43,8 +31,16 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+import configurator
 import ssm_scan
 import tasks
+from configurator import parse_value  # noqa: F401 -- (scripts reach it through train)
+# the armour (checkpoints, the run directory and its lock, signals); launchers and tests reach
+# load_checkpoint, run_status and RUN_FILES through train too. (No str or number constant here: every such
+# global of this module is a config key)
+from harness import (RUN_FILES, RunDirectory, StopSignals, UserError, atomic_write,  # noqa: F401
+                     exit_finished_worker, git_rev, load_checkpoint, oneline, resume_checkpoint, run_status,
+                     serialize, short, step_checkpoints, truncate_metrics)
 from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 
 # -----------------------------------------------------------------------------
@@ -116,8 +112,7 @@ compile = False              # torch.compile the model (the selective scan is on
 compile_mode = 'default'     # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
 ddp_timeout = 600            # seconds a process waits for the others before the job fails
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and type(v) in (int, float, bool, str)}
+DEFAULTS = configurator.defaults_of(globals())
 # the tables themselves (not copies): a task or FFN added to tasks.TASKS or model.FFNS is a valid name at once
 CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS,
                lr_schedule=('constant', 'cosine'), dtype=('float32', 'bfloat16'),
@@ -135,157 +130,26 @@ UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp
 RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every
     eval_interval eval_batches log_interval wandb_log wandb_project device compile compile_mode scan_backend
     ddp_timeout'''.split())
-# a directory holding any of these holds a run
-RUN_FILES = re.compile(r'ckpt\.pt|ckpt_\d+\.pt|metrics\.jsonl|log\.txt')
-LOCK_FILE = 'train.lock'
 
-
-class UserError(Exception):
-    """bad input or a failed run: printed as one line `error: ...` (exit code 2), no traceback."""
 
 # -----------------------------------------------------------------------------
 # config
-
-def short(value, limit=60):
-    """a value for an error message: its repr, cut to `limit` characters with its length said"""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text):,} characters)"
-
-
-def _oneline(e):  # an exception as one short line (load_state_dict and gloo errors span several)
-    return ' '.join(str(e).split())[:300] or type(e).__name__
-
-
-def parse_value(key, raw, default):
-    """the value of --key=raw, typed like the default: text keys take the text as typed (--out_dir=runs/1),
-    the others a Python literal (--n_embd=64, --learning_rate=1e-3, --compile=True)."""
-    if type(default) is str:
-        return raw
-    try:
-        return ast.literal_eval(raw)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        digits = raw.strip().lstrip('+-')
-        if digits.isdigit():  # Python refuses integer literals of more than 4,300 digits
-            raise UserError(f"--{key}: a {len(digits):,}-digit number is out of range")
-        return raw  # not a literal: coerce() says it has the wrong type
-
 
 # keys that take a word besides a value of their default's type
 WORDS = dict(resume=('auto',))
 
 
-def coerce(key, value, default, where):
-    if value in WORDS.get(key, ()):
-        return value
-    if type(value) is int and type(default) is float:
-        value = float(value)  # --learning_rate=1 means 1.0
-    if type(value) is not type(default):
-        words = ''.join(f" or {w!r}" for w in WORDS.get(key, ()))
-        raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r}){words}, "
-                        f"got {short(value)}")
-    return value
-
-
-def _unknown_key(key, where):
-    close = difflib.get_close_matches(key, DEFAULTS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ''
-    return UserError(f"unknown config key {short(key)} in {where}{hint}")
-
-
-def _read_config_file(path):
-    """(path, compiled code, the names its top level assigns): read before any file runs, so the task files
-    can be ordered after the architecture files"""
-    if os.path.isdir(path):
-        raise UserError(f"config file {short(path)} is a directory (the presets are files in configs/)")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {short(path)} not found (the presets are in configs/)")
-    try:
-        with open(path) as f:
-            tree = ast.parse(f.read(), path)
-    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}")
-    assigned = set()
-    pending = list(tree.body)
-    while pending:  # every statement of the module's top level, compound ones included, not inside a def
-        node = pending.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            assigned.add(node.id)
-        pending.extend(ast.iter_child_nodes(node))
-    # the config key 'compile' shadows the builtin
-    return path, builtins.compile(tree, path, 'exec'), assigned
-
-
-def _run_config_file(path, code, assigned, cfg):
-    """the keys a config file sets. It runs as a module with the config so far in scope (train.py's defaults
-    and the files before it), so `curriculum_points_start = 2 * n_dims + 1` works; its plain values that it
-    assigns (or changes) are the keys it sets."""
-    ns = dict(cfg)
-    try:
-        exec(code, ns)
-    except (Exception, SystemExit) as e:
-        hint = (" (a config file sees train.py's defaults and the keys of the files before it)"
-                if isinstance(e, NameError) else '')
-        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {_oneline(e)}{hint}")
-    return {k: v for k, v in ns.items()
-            if (k in assigned or k not in cfg or v is not cfg[k])
-            and not (k.startswith('_') or callable(v) or isinstance(v, types.ModuleType))}
-
-
 def load_config(argv, sources=None):
-    """defaults <- config files (architecture files, then files that set `task`) <- --key=value overrides.
-    Returns (cfg, the keys set explicitly); a `sources` dict gets where each key's value came from."""
-    cfg = dict(DEFAULTS)
-    sources = {} if sources is None else sources
-    sources.update(dict.fromkeys(DEFAULTS, "train.py's defaults"))
-    overrides = [a for a in argv if a.startswith('-')]
-    files = [_read_config_file(a) for a in argv if not a.startswith('-')]
-    files.sort(key=lambda item: 'task' in item[2])  # stable: architecture files first, task files after
-    settings = []
-    for path, code, assigned in files:
-        items = _run_config_file(path, code, assigned, cfg)
-        for key, value in items.items():
-            if key not in DEFAULTS:
-                raise _unknown_key(key, path)
-            cfg[key] = coerce(key, value, DEFAULTS[key], path)
-            sources[key] = path
-        settings += [(key, cfg[key], path) for key in items]
-    for arg in overrides:
-        key, eq, raw = arg[2:].partition('=') if arg.startswith('--') else (arg, '', '')
-        if not arg.startswith('--') or not eq:
-            raise UserError(f"{short(arg)}: options are written --key=value "
-                            "(python train.py --help lists the keys)")
-        if key not in DEFAULTS:
-            raise _unknown_key(key, 'the command line')
-        settings.append((key, parse_value(key, raw, DEFAULTS[key]), 'the command line'))
-    for key, value, where in settings:
-        if key not in DEFAULTS:
-            raise _unknown_key(key, where)
-        cfg[key] = coerce(key, value, DEFAULTS[key], where)
-        sources[key] = where
+    """defaults <- config files (architecture files, then files that set `task`) <- --key=value overrides
+    (configurator.load). Returns (cfg, the keys set explicitly); a `sources` dict gets where each key's value
+    came from."""
+    cfg, explicit = configurator.load(argv, DEFAULTS, sources, WORDS)
     cfg['out_dir'] = os.path.expanduser(cfg['out_dir']) or os.path.join('out', f"{cfg['arch']}-{cfg['task']}")
-    explicit = {key for key, _, _ in settings}
     return cfg, explicit
 
 
-def config_help(path, title):
-    """usage text from the defaults block of `path` (train.py or evaluate.py): each key, its default, its
-    comment"""
-    lines, inside = [title, ''], False
-    with open(path) as f:
-        for line in f:
-            if line.startswith('# ----'):
-                if inside:
-                    break
-                inside = True
-                continue
-            m = re.match(r"(\w+) = (.+?)\s+# (.*)", line)
-            if inside and m:
-                lines.append(f"  --{m[1]}={m[2].strip()}".ljust(34) + f" {m[3]}")
-            elif inside and line.startswith('# '):
-                lines.append(line[2:].rstrip())
-    return '\n'.join(lines)
+def coerce(key, value, default, where):  # a saved config's value as today's type (resume_config)
+    return configurator.coerce(key, value, default, where, WORDS.get(key, ()))
 
 
 def validate(cfg, world_size=1):
@@ -326,7 +190,7 @@ def validate(cfg, world_size=1):
         get_batch(cfg, 0, 0, 1)
         return ModelConfig.from_dict({**cfg, 'y_dim': tasks.y_dim(cfg['task'], cfg['n_dims'])})
     except (ValueError, RuntimeError) as e:  # RuntimeError: a prompt too large to allocate
-        raise UserError(f"config: {_oneline(e)}")
+        raise UserError(f"config: {oneline(e)}")
 
 
 def resolve_device(cfg):
@@ -363,194 +227,6 @@ def describe_task(cfg, sources):
     if where == "train.py's defaults":
         text += f"; the paper's setting of a task: add configs/<task>.py, e.g. configs/{cfg['task']}.py"
     return text
-
-# -----------------------------------------------------------------------------
-# checkpoints: written atomically, loaded safely
-
-def load_checkpoint(path):
-    """a checkpoint dict, or a UserError saying what is wrong with the file. Never unpickles code."""
-    path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path} (a run killed before writing one has nothing to resume: "
-                        "start it anew)")
-    try:
-        with zipfile.ZipFile(path) as z, warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            # torch.load does not check the CRCs: a flipped bit in a tensor would load silently
-            bad = z.testzip()
-            # weights_only: never runs pickled code
-            ckpt = None if bad else torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        if 'weights_only' in str(e) or 'Unsupported global' in str(e):
-            # torch's message advises turning the check off: never repeat that for a file we cannot vouch for
-            found = re.search(r"GLOBAL ([\w.]+)", str(e))
-            held = f" ({found[1]})" if found else ''
-            raise UserError(f"{path} holds pickled code or objects{held}, not only tensors: it was not "
-                            "loaded (not a checkpoint written by this project's train.py?)")
-        raise UserError(f"{path} is not a readable checkpoint (truncated or corrupted?): {_oneline(e)}")
-    if bad:
-        raise UserError(f"{path} is corrupted: checksum mismatch in {bad}")
-    keys = ('model', 'optimizer', 'step', 'config', 'model_args')
-    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing or not isinstance(ckpt['config'], dict) or type(ckpt['step']) is not int:
-        raise UserError(f"{path} is not a checkpoint of this project (missing or malformed: "
-                        f"{', '.join(missing) or 'config, step'})")
-    return ckpt
-
-
-def step_checkpoints(out_dir):
-    """[(step, path)] of the ckpt_<step>.pt files in out_dir, by step (numerically: past 10^7 too)"""
-    found = []
-    for name in os.listdir(out_dir) if os.path.isdir(out_dir) else []:
-        m = re.fullmatch(r'ckpt_(\d+)\.pt', name)
-        if m:
-            found.append((int(m[1]), os.path.join(out_dir, name)))
-    return sorted(found)
-
-
-def run_status(out_dir):
-    """where the run in out_dir stands: dict(state='new' | 'unfinished' | 'finished', step, max_iters).
-    'new': the directory holds no run; otherwise its resume checkpoint's step against its config's max_iters.
-    A UserError when it holds run files but no readable checkpoint."""
-    if not RunDirectory(out_dir).run_files():
-        return dict(state='new', step=None, max_iters=None)
-    _, ckpt = resume_checkpoint(out_dir, quiet=True)
-    max_iters = ckpt['config'].get('max_iters', DEFAULTS['max_iters'])
-    state = 'finished' if ckpt['step'] >= max_iters else 'unfinished'
-    return dict(state=state, step=ckpt['step'], max_iters=max_iters)
-
-
-def resume_checkpoint(out_dir, quiet=False):
-    """(path, checkpoint) to resume from: ckpt.pt, or, when it is missing, the newest readable step
-    checkpoint"""
-    latest = os.path.join(out_dir, 'ckpt.pt')
-    if os.path.exists(latest) or not step_checkpoints(out_dir):
-        return latest, load_checkpoint(latest)
-    for step, path in reversed(step_checkpoints(out_dir)):
-        try:
-            ckpt = load_checkpoint(path)
-        except UserError as e:
-            if not quiet:
-                print(f"note: skipping {path}: {e}", file=sys.stderr)
-            continue
-        if not quiet:
-            print(f"note: {latest} is missing; resuming from the newest step checkpoint {path} (step {step})")
-        return path, ckpt
-    raise UserError(f"no readable checkpoint in {out_dir} (ckpt.pt is missing and no ckpt_<step>.pt loads)")
-
-
-def serialize(state):
-    """a checkpoint's bytes, made in memory: the file write is then one write that either fits or raises
-    OSError (torch's zip writer, writing to a full disk, fails mid-archive with a RuntimeError instead)"""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getbuffer()
-
-
-UMASK = os.umask(0)
-os.umask(UMASK)  # (read once: mkstemp's files are private, the files we write keep the usual permissions)
-
-
-def atomic_write(path, data):
-    """write `data` (bytes or text) to `path` through a temporary file in the same directory, fsynced and
-    renamed: a crash, a full disk or a second Ctrl-C leaves the old file or the new one, never a part of one,
-    and removes the temporary file (a SIGKILL can leave one behind: RunDirectory.claim clears the run's)"""
-    if isinstance(data, str):
-        data = data.encode()
-    folder, name = os.path.split(path)
-    # a unique name: two writers of one file at once (two evaluations) never share a temporary file
-    fd, tmp = tempfile.mkstemp(dir=folder or '.', prefix=name + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            os.fchmod(f.fileno(), 0o666 & ~UMASK)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def truncate_metrics(path, step):
-    """drop the rows past the resumed checkpoint, a half-written last line and malformed lines, so the resumed
-    metrics equal an uninterrupted run's. Returns how many malformed lines were dropped."""
-    if not os.path.exists(path):
-        return 0
-    keep, dropped = [], 0
-    with open(path, 'rb') as f:
-        for line in f:
-            if not line.endswith(b'\n'):
-                continue  # a row the killed run was writing
-            try:
-                row = json.loads(line.decode('utf-8'))
-                row_step = row['step'] if isinstance(row, dict) and type(row['step']) is int else None
-            except (ValueError, KeyError):  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
-                row_step = None
-            if row_step is None:
-                dropped += 1
-            elif row_step <= step:
-                keep.append(line)
-    atomic_write(path, b''.join(keep))
-    return dropped
-
-
-class RunDirectory:
-    """the files of one run, and the lock that keeps a second train.py out of it while it runs"""
-
-    def __init__(self, out_dir):
-        self.dir = out_dir
-        self.ckpt = os.path.join(out_dir, 'ckpt.pt')
-        self.metrics = os.path.join(out_dir, 'metrics.jsonl')
-        self.log = os.path.join(out_dir, 'log.txt')
-        self.lock_fd = None
-
-    def run_files(self):
-        return (sorted(f for f in os.listdir(self.dir) if RUN_FILES.fullmatch(f))
-                if os.path.isdir(self.dir) else [])
-
-    def check_new(self):
-        """a new run needs a directory that holds no run (and is not a file)"""
-        if os.path.exists(self.dir) and not os.path.isdir(self.dir):
-            raise UserError(f"out_dir {self.dir} is a file; choose another --out_dir")
-        held = self.run_files()
-        if held:
-            shown = ', '.join(held[:4]) + (f' and {len(held) - 4} more' if len(held) > 4 else '')
-            raise UserError(f"{self.dir} already holds a run ({shown}); continue it with --resume=True or "
-                            "choose another --out_dir")
-
-    def claim(self):
-        """hold an exclusive lock on the directory for this process's life (released at exit or by
-        release())"""
-        os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(os.path.join(self.dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors='replace').strip() or '?'
-            os.close(fd)
-            raise UserError(f"{self.dir} is in use by another train.py (pid {holder}); wait for it to finish "
-                            "or choose another --out_dir")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.lock_fd = fd
-        # what a SIGKILLed writer of this run left (evaluation outputs are not ours to clear)
-        for name in os.listdir(self.dir):
-            if re.fullmatch(r'(ckpt(_\d+)?\.pt|metrics\.jsonl)\..+\.tmp', name):
-                os.remove(os.path.join(self.dir, name))
-
-    def release(self):
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)  # closing the descriptor releases the flock
-            self.lock_fd = None
-
-    def append(self, path, text):
-        try:
-            with open(path, 'a') as f:
-                f.write(text)
-        except OSError as e:
-            raise UserError(f"cannot write {path}: {e.strerror or e} (disk full?)")
 
 # -----------------------------------------------------------------------------
 # data and schedule
@@ -625,58 +301,15 @@ def build(cfg, mcfg, device):
             r"alloc|out of memory|not enough memory|Overflow|too large|invalid argument|numel", str(e), re.I)
         if not allocation:
             raise
-        raise UserError(f"cannot build this model or held-out set here (too large?): {_oneline(e)}")
+        raise UserError(f"cannot build this model or held-out set here (too large?): {oneline(e)}")
 
-
-class StopSignals:
-    """SIGINT, SIGTERM and SIGHUP (Ctrl-C, a scheduler's preemption, a closed terminal) ask the run to stop
-    after the current step with a checkpoint; another one a second or more later stops it at once. (Copies
-    within a second are the same request: under torchrun a Ctrl-C reaches each worker twice, from the
-    terminal and forwarded by torchrun.) SIGINT and SIGHUP are left alone when they were ignored at start
-    (`nohup`, a script's background job); SIGTERM always stops. The old handlers come back on exit."""
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    SAME_REQUEST_S = 1.0
-
-    def __init__(self):
-        self.count = 0
-        self.first = None
-
-    def _handle(self, signum, frame):
-        now = time.monotonic()
-        self.count += 1
-        if self.first is None:
-            self.first = now
-        elif now - self.first >= self.SAME_REQUEST_S:
-            raise KeyboardInterrupt(f"a second {signal.Signals(signum).name}")
-
-    def __enter__(self):
-        self.old = {}
-        for s in self.SIGNALS:
-            # SIGINT or SIGHUP ignored at start (nohup, a background job) stays ignored, as POSIX tools do
-            if s != signal.SIGTERM and signal.getsignal(s) is signal.SIG_IGN:
-                continue
-            self.old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
-
-def _git_rev():
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        cwd = os.path.dirname(os.path.abspath(__file__))
-        rev = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=cwd, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        return rev or 'unknown'
-    return 'unknown'
 
 # -----------------------------------------------------------------------------
 # the run
 
 def main(argv):
     if any(a in ('-h', '--help') for a in argv):
-        print(config_help(__file__, __doc__.strip()))
+        print(configurator.help_text(__file__, __doc__.strip()))
         return None
     sources = {}
     cfg, explicit = load_config(argv, sources)
@@ -765,7 +398,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             optimizer.load_state_dict(ckpt['optimizer'])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise UserError(f"the checkpoint in {run.dir} does not fit this model/optimizer "
-                            f"(another architecture?): {_oneline(e)}")
+                            f"(another architecture?): {oneline(e)}")
         # the saved groups would override betas/decay set now
         for g, fresh in zip(optimizer.param_groups, groups):
             g.update(betas=(cfg['beta1'], cfg['beta2']), weight_decay=fresh['weight_decay'])
@@ -803,7 +436,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                 os.remove(os.path.join(run.dir, f'ckpt_{s:07d}.pt'))
         except OSError as e:
             raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: "
-                            f"{e.strerror or _oneline(e)} (disk full?); "
+                            f"{e.strerror or oneline(e)} (disk full?); "
                             f"the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
 
     # --- run directory, log, metrics (rank 0 writes; nothing is written before the config is valid)
@@ -821,7 +454,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
         where = f"resuming at step {step}" if ckpt else "new run"
         pattern = ('M+' if mcfg.mamba_embed else '') + ''.join(mcfg.blocks())
         log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | "
-            f"git {_git_rev()}")
+            f"git {git_rev()}")
         log(f"config: {json.dumps(cfg, sort_keys=True)}")
         log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
         log(describe_task(cfg, sources))
@@ -929,7 +562,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             else:
                 why = 'did another process die or hang? see its output'
             raise UserError(f"process {rank} failed at step {step} ({why}); last checkpoint {run.ckpt} "
-                            f"(step {good_step}): {_oneline(e)}")
+                            f"(step {good_step}): {oneline(e)}")
         finally:
             bar.close()
     status = 'stopped' if stopping else 'done'
@@ -942,17 +575,6 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
     return step
 
 
-def _exit_finished_worker():
-    """exit 0 from a torchrun worker whose run finished (files written, lock released, group destroyed),
-    skipping the interpreter's finalization: torch.distributed.nn, which DDP imports, keeps the gloo group
-    alive past destroy_process_group, and tearing it down there can meet a gloo thread waiting for the GIL:
-    SIGABRT, `terminate called without an active exception`, after a clean finish"""
-    atexit._run_exitfuncs()  # what a normal exit runs first (wandb's finish, tqdm's monitor)
-    with contextlib.suppress(OSError):  # a reader that left loses nothing
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(0)
-
 
 if __name__ == '__main__':
     try:
@@ -963,4 +585,4 @@ if __name__ == '__main__':
         print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
         sys.exit(2)
     if int(os.environ.get('RANK', -1)) != -1:  # launched by torchrun
-        _exit_finished_worker()
+        exit_finished_worker()

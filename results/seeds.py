@@ -23,7 +23,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's root
-from train import atomic_write  # noqa: E402 -- a full disk leaves the old table, never a part of one
+from harness import atomic_write  # noqa: E402 -- a full disk leaves the old table, never a part of one
 
 OPTIONS = ('out', 'title', 'arms', 'positions', 'step')
 
