@@ -253,312 +253,9 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 # when the library loads) are deliberately not used. The library depends on no torch headers, so the
 # build is one compiler call of a second or two.
 
-_CPU_SOURCE = r"""
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
-#include <type_traits>
-#include <vector>
-
-constexpr int64_t BD = 32;    // channels per block: the vector lanes
-constexpr int64_t K = 16;     // time steps per chunk: the backward's recompute window
-constexpr int64_t MAXN = 64;  // largest d_state (checked by the caller)
-
-// A (b, l, d) tensor with unit stride over d: element (b, t, j) at p[b * sb + t * st + j]. Null: absent.
-template <typename T> struct Rows {
-    T* p;
-    int64_t sb, st;
-    T* at(int64_t b, int64_t t) const { return p + b * sb + t * st; }
-};
-struct Dims { int64_t b, d, l, n, threads, softplus; };
-
-// exp(x) the compiler can vectorise (a libm call would not be): x = k ln2 + r with |r| <= ln2 / 2, e^r by
-// its Taylor series to r^6 (relative error < 3e-7), 2^k written into the exponent bits. 0 below -87, e^88
-// above 88.
-static inline float fast_exp(float x) {
-    const float xc = std::min(std::max(x, -87.0f), 88.0f);
-    const float k = (xc * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest: the 1.5 * 2^23 trick
-    const float r = (xc - k * 0.693145752f) - k * 1.42860677e-6f;     // ln 2 in two parts, for an exact k ln2
-    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 +
-        r / 720)))));
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return x > -87.0f ? p * scale : 0.0f;
-}
-static inline double fast_exp(double x) { return std::exp(x); }
-
-// log(1 + w) for w in [0, 1], as 2 atanh(s) with s = w / (2 + w) <= 1/3: exact to fp32 rounding even for
-// tiny w
-static inline float log1p_unit(float w) {
-    const float s = w / (2.0f + w);
-    const float s2 = s * s;
-    const float series = 1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9 + s2 * (
-        1.0f / 11 + s2 / 13)))));
-    return 2.0f * s * series;
-}
-
-// softplus(x) = log(1 + e^x) = max(x, 0) + log(1 + e^-|x|), the identity above 20 (as F.softplus); its
-// derivative is sigmoid(x)
-static inline float softplus(float x) {
-    const float sp = std::max(x, 0.0f) + log1p_unit(fast_exp(-std::fabs(x)));
-    return x > 20.0f ? x : sp;
-}
-static inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
-template <typename T> static inline T sigmoid(T x) { return T(1) / (T(1) + fast_exp(-x)); }
-
-// f(width) with width a compile-time BD for a full channel block (fixed trip counts: no remainder loops) and
-// the runtime bd for the last, partial one
-template <typename F>
-static inline void lanes(int64_t bd, F f) {
-    if (bd == BD) {
-        f(std::integral_constant<int64_t, BD>());
-    } else {
-        f(bd);
-    }
-}
-
-// run body(b) for every batch row on `threads` threads: contiguous ranges, so the result is independent of
-// the thread count
-template <typename F>
-static void for_each_row(const Dims& m, F body) {
-    const int64_t threads = std::max<int64_t>(1, std::min(m.threads, m.b));
-    std::vector<std::thread> pool;
-    for (int64_t i = 0; i < threads; i++) {
-        pool.emplace_back([&, i] {
-            for (int64_t b = m.b * i / threads; b < m.b * (i + 1) / threads; b++) body(b);
-        });
-    }
-    for (auto& thread : pool) thread.join();
-}
-
-// dt = softplus(delta + bias) (or delta + bias) for one row of a channel block; dsp (if asked) its
-// derivative. Each case its own branch-free loop, so that the compiler vectorises it
-template <typename T>
-static inline void time_step(const Dims& m, const T* delta, const T* bias, int64_t bd, T* dt, T* dsp) {
-    T r[BD];
-    if (bias) {
-        for (int64_t j = 0; j < bd; j++) r[j] = delta[j] + bias[j];
-    } else {
-        for (int64_t j = 0; j < bd; j++) r[j] = delta[j];
-    }
-    if (!m.softplus) {
-        for (int64_t j = 0; j < bd; j++) dt[j] = r[j];
-        if (dsp) for (int64_t j = 0; j < bd; j++) dsp[j] = T(1);
-        return;
-    }
-    #pragma omp simd
-    for (int64_t j = 0; j < bd; j++) dt[j] = softplus(r[j]);
-    if (dsp) {
-        #pragma omp simd
-        for (int64_t j = 0; j < bd; j++) dsp[j] = r[j] > T(20) ? T(1) : sigmoid(r[j]);
-    }
-}
-
-// out = (y + D u) * silu(z), the D skip and the z gate, for one row of a channel block; y becomes y + D u
-template <typename T>
-static inline void gate(int64_t bd, T* y, const T* u, const T* D, const T* z, T* out) {
-    if (D) for (int64_t j = 0; j < bd; j++) y[j] += D[j] * u[j];
-    if (!z) {
-        for (int64_t j = 0; j < bd; j++) out[j] = y[j];
-        return;
-    }
-    #pragma omp simd
-    for (int64_t j = 0; j < bd; j++) out[j] = y[j] * z[j] * sigmoid(z[j]);
-}
-
-// the forward: out = (sum_n C h + D u) * silu(z). At: (n, d). B, C: (b, l, n). states: (b, chunks, n, d),
-// the state entering each chunk. last: (b, n, d). out: (b, l, d) contiguous.
-template <typename T>
-static void forward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, const T* At, const T* B,
-                    const T* C, const T* D, const T* bias, T* out, T* states, T* last) {
-    const int64_t Dn = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
-    for_each_row(m, [&](int64_t b) {
-        for (int64_t d0 = 0; d0 < Dn; d0 += BD) {
-            const int64_t bd = std::min(BD, Dn - d0);
-            T h[MAXN][BD] = {};
-            for (int64_t t = 0; t < L; t++) {
-                if (t % K == 0) {  // where the backward restarts
-                    for (int64_t n = 0; n < N; n++)
-                        std::memcpy(states + ((b * chunks + t / K) * N + n) * Dn + d0, h[n], bd * sizeof(T));
-                }
-                const T* ut = u.at(b, t) + d0;
-                const T* Bt = B + (b * L + t) * N;
-                const T* Ct = C + (b * L + t) * N;
-                T dt[BD];
-                T x[BD];
-                T y[BD] = {};
-                time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt,
-                          static_cast<T*>(nullptr));
-                for (int64_t j = 0; j < bd; j++) x[j] = dt[j] * ut[j];
-                lanes(bd, [&](auto width) {
-                    for (int64_t n = 0; n < N; n++) {
-                        const T* An = At + n * Dn + d0;
-                        T* hn = h[n];
-                        #pragma omp simd
-                        for (int64_t j = 0; j < width; j++) {
-                            // h[t] = a[t] h[t-1] + x[t]
-                            hn[j] = fast_exp(dt[j] * An[j]) * hn[j] + x[j] * Bt[n];
-                            // y[t] = sum_n C[n,t] h[t]
-                            y[j] += Ct[n] * hn[j];
-                        }
-                    }
-                });
-                gate(bd, y, ut, D ? D + d0 : nullptr, z.p ? z.at(b, t) + d0 : nullptr,
-                     out + (b * L + t) * Dn + d0);
-            }
-            for (int64_t n = 0; n < N; n++) std::memcpy(last + (b * N + n) * Dn + d0, h[n], bd * sizeof(T));
-        }
-    });
-}
-
-// the backward (the derivation is in ssm_scan.py). g, du, ddelta, dz: (b, l, d). parts: (b, n + 2, d)
-// per-row partials of dA | dD | dbias. dB, dC: (b, l, n), zeroed by the caller.
-template <typename T>
-static void backward(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z, Rows<const T> g,
-                     const T* At, const T* B, const T* C, const T* D, const T* bias, const T* states, T* du,
-                     T* ddelta, T* dz, T* parts, T* dB, T* dC) {
-    const int64_t Dn = m.d, N = m.n, L = m.l, chunks = (L + K - 1) / K;
-    for_each_row(m, [&](int64_t b) {
-        // one chunk's recomputed states, decays, dt, dsp
-        std::vector<T> window(2 * K * MAXN * BD + 2 * K * BD);
-        auto hs = reinterpret_cast<T (*)[MAXN][BD]>(window.data());
-        auto as = reinterpret_cast<T (*)[MAXN][BD]>(window.data() + K * MAXN * BD);
-        auto dts = reinterpret_cast<T (*)[BD]>(window.data() + 2 * K * MAXN * BD);
-        auto dsps = reinterpret_cast<T (*)[BD]>(window.data() + 2 * K * MAXN * BD + K * BD);
-        T* part = parts + b * (N + 2) * Dn;
-        for (int64_t d0 = 0; d0 < Dn; d0 += BD) {
-            const int64_t bd = std::min(BD, Dn - d0);
-            T dh_next[MAXN][BD] = {};  // a[t+1] dh[t+1], flowing in from the right
-            T dA[MAXN][BD] = {};
-            T dD[BD] = {};
-            T dbias[BD] = {};
-            for (int64_t c = chunks - 1; c >= 0; c--) {
-                const int64_t s = c * K, e = std::min(s + K, L);
-                for (int64_t t = s; t < e; t++) {  // re-run the chunk's forward from its saved state
-                    const T* ut = u.at(b, t) + d0;
-                    const T* Bt = B + (b * L + t) * N;
-                    T* dt = dts[t - s];
-                    time_step(m, delta.at(b, t) + d0, bias ? bias + d0 : nullptr, bd, dt, dsps[t - s]);
-                    lanes(bd, [&](auto width) {
-                        for (int64_t n = 0; n < N; n++) {
-                            const T* An = At + n * Dn + d0;
-                            const T* hp = t == s ? states + ((b * chunks + c) * N + n) * Dn + d0
-                                                 : hs[t - s - 1][n];
-                            T* ht = hs[t - s][n];
-                            T* at = as[t - s][n];
-                            #pragma omp simd
-                            for (int64_t j = 0; j < width; j++) {
-                                at[j] = fast_exp(dt[j] * An[j]);
-                                ht[j] = at[j] * hp[j] + dt[j] * ut[j] * Bt[n];
-                            }
-                        }
-                    });
-                }
-                for (int64_t t = e - 1; t >= s; t--) {  // the adjoint, right to left
-                    const T* ut = u.at(b, t) + d0;
-                    const T* gt = g.at(b, t) + d0;
-                    const T* zt = z.p ? z.at(b, t) + d0 : nullptr;
-                    const T* dt = dts[t - s];
-                    const T* Bt = B + (b * L + t) * N;
-                    const T* Ct = C + (b * L + t) * N;
-                    T x[BD];
-                    T ybar[BD];  // dloss/dy
-                    T y[BD] = {};    // recomputed, for dz
-                    T dhB[BD] = {};  // sum_n dh B
-                    T qA[BD] = {};   // sum_n dh (h - x) A
-                    T sz[BD];  // sigmoid(z)
-                    for (int64_t j = 0; j < bd; j++) x[j] = dt[j] * ut[j];
-                    if (zt) {
-                        #pragma omp simd
-                        for (int64_t j = 0; j < bd; j++) sz[j] = sigmoid(zt[j]);
-                        for (int64_t j = 0; j < bd; j++) ybar[j] = gt[j] * zt[j] * sz[j];
-                    } else {
-                        for (int64_t j = 0; j < bd; j++) ybar[j] = gt[j];
-                    }
-                    lanes(bd, [&](auto width) {
-                    for (int64_t n = 0; n < N; n++) {
-                        const T* An = At + n * Dn + d0;
-                        const T* ht = hs[t - s][n];
-                        const T* at = as[t - s][n];
-                        T* dhn = dh_next[n];
-                        T* dAn = dA[n];
-                        T sum_dB = 0;
-                        T sum_dC = 0;
-                        #pragma omp simd reduction(+:sum_dB, sum_dC)
-                        for (int64_t j = 0; j < width; j++) {
-                            const T dh = ybar[j] * Ct[n] + dhn[j];
-                            // dh[t] a[t] h[t-1], as dh (h[t] - x[t])
-                            const T q = dh * (ht[j] - x[j] * Bt[n]);
-                            y[j] += Ct[n] * ht[j];
-                            sum_dC += ybar[j] * ht[j];
-                            sum_dB += dh * x[j];
-                            dhB[j] += dh * Bt[n];
-                            qA[j] += q * An[j];
-                            dAn[j] += q * dt[j];
-                            dhn[j] = at[j] * dh;
-                        }
-                        // channel blocks in order: one writer, fixed order
-                        dB[(b * L + t) * N + n] += sum_dB;
-                        dC[(b * L + t) * N + n] += sum_dC;
-                    }
-                    });
-                    const int64_t o = (b * L + t) * Dn + d0;
-                    const T* dsp = dsps[t - s];
-                    for (int64_t j = 0; j < bd; j++) {
-                        const T dd = (ut[j] * dhB[j] + qA[j]) * dsp[j];
-                        du[o + j] = dt[j] * dhB[j];
-                        ddelta[o + j] = dd;
-                        dbias[j] += dd;
-                        dD[j] += ybar[j] * ut[j];
-                    }
-                    if (D) {
-                        for (int64_t j = 0; j < bd; j++) {
-                            du[o + j] += D[d0 + j] * ybar[j];
-                            y[j] += D[d0 + j] * ut[j];
-                        }
-                    }
-                    if (zt) {
-                        for (int64_t j = 0; j < bd; j++)
-                            dz[o + j] = gt[j] * y[j] * sz[j] * (T(1) + zt[j] * (T(1) - sz[j]));
-                    }
-                }
-            }
-            for (int64_t n = 0; n < N; n++) std::memcpy(part + n * Dn + d0, dA[n], bd * sizeof(T));
-            std::memcpy(part + N * Dn + d0, dD, bd * sizeof(T));
-            std::memcpy(part + (N + 1) * Dn + d0, dbias, bd * sizeof(T));
-        }
-    });
-}
-
-// out = the sum over rows of parts (rows, size), row 0 first: a fixed order whatever the thread count
-template <typename T>
-static void sum_rows(int64_t rows, int64_t size, const T* parts, T* out) {
-    for (int64_t i = 0; i < size; i++) out[i] = 0;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < size; i++) out[i] += parts[r * size + i];
-}
-
-#define ENTRY_POINTS(T, SUFFIX)                                                                         \
-    extern "C" void forward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,     \
-                                     const T* At, const T* B, const T* C, const T* D, const T* bias,    \
-                                     T* out, T* states, T* last) {                                      \
-        forward<T>(m, u, delta, z, At, B, C, D, bias, out, states, last);                               \
-    }                                                                                                   \
-    extern "C" void backward_##SUFFIX(Dims m, Rows<const T> u, Rows<const T> delta, Rows<const T> z,    \
-                                      Rows<const T> g, const T* At, const T* B, const T* C, const T* D, \
-                                      const T* bias, const T* states, T* du, T* ddelta, T* dz,          \
-                                      T* parts, T* dB, T* dC) {                                         \
-        backward<T>(m, u, delta, z, g, At, B, C, D, bias, states, du, ddelta, dz, parts, dB, dC);       \
-    }                                                                                                   \
-    extern "C" void sum_rows_##SUFFIX(int64_t rows, int64_t size, const T* parts, T* out) {             \
-        sum_rows<T>(rows, size, parts, out);                                                            \
-    }
-ENTRY_POINTS(float, f32)
-ENTRY_POINTS(double, f64)
-"""
+# the C++ source: a real file beside this one, hashed by content into the cache key (an edit rebuilds)
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ssm_scan_cpu.cpp")) as _f:
+    _CPU_SOURCE = _f.read()
 _CPU_CHUNK = 16      # K in the source: time steps between saved states
 _CPU_MAX_STATE = 64  # MAXN in the source
 
@@ -818,22 +515,22 @@ if HAS_TRITON:
         return a1 * a2, a2 * x1 + x2
 
     @triton.jit
-    def _tile(ptr, s, b, d, t, mask, ACC: tl.constexpr):  # (BD, BT) tile of a (b, d, l) tensor with strides s
-        return tl.load(ptr + b * s[0] + d[:, None] * s[1] + t[None, :] * s[2], mask=mask, other=0.0).to(ACC)
+    def _tile(ptr, s, b, d, t, mask, ACC: tl.constexpr):  # (BT, BD) tile of a (b, d, l) tensor with strides s
+        return tl.load(ptr + b * s[0] + d[None, :] * s[1] + t[:, None] * s[2], mask=mask, other=0.0).to(ACC)
 
     @triton.jit
-    def _bc_tile(ptr, s, b, ns, t, mask, ACC: tl.constexpr):  # (NP, BT) tile of B or C, (b, n, l) strides s
-        return tl.load(ptr + b * s[0] + ns[:, None] * s[1] + t[None, :] * s[2], mask=mask, other=0.0).to(ACC)
+    def _bc_tile(ptr, s, b, ns, t, mask, ACC: tl.constexpr):  # (BT, NP) tile of B or C, (b, n, l) strides s
+        return tl.load(ptr + b * s[0] + ns[None, :] * s[1] + t[:, None] * s[2], mask=mask, other=0.0).to(ACC)
 
     @triton.jit
-    def _at(block, pos, i):  # (BD, NP) = block[:, :, i] of a (BD, NP, BT) block: one nonzero term, exact
-        return tl.sum(tl.where(pos[None, None, :] == i, block, 0.0), 2)
+    def _at(block, pos3, i):  # (NP, BD) = block[i] of a (BT, NP, BD) block: one nonzero term, so exact
+        return tl.sum(tl.where(pos3 == i, block, 0.0), 0)
 
     @triton.jit
     def _dt(ptr, s, b, d, t, mask, bias, SOFTPLUS: tl.constexpr, ACC: tl.constexpr):
         # softplus(delta + bias) and its derivative. 0 outside mask: a = 1, x = 0, padding passes h through
         # (mamba#368)
-        r = _tile(ptr, s, b, d, t, mask, ACC) + bias[:, None]
+        r = _tile(ptr, s, b, d, t, mask, ACC) + bias[None, :]
         sp = r
         dsp = tl.full(r.shape, 1.0, ACC)
         if SOFTPLUS:  # log1p(w) as log(p) w/(p-1), p = 1+w: exact even for tiny w (r ~ -7 at mamba's dt init)
@@ -846,13 +543,13 @@ if HAS_TRITON:
         return tl.where(mask, sp, 0.0), dsp
 
     @triton.jit
-    def _chunk_states(dt, dtu, h0, A2, Bt, pos):
-        # one chunk for all states at once, (BD, NP, BT): decays a = exp2(dt A log2 e), inputs x = dt u B, and
-        # the states h[t] = a[t] h[t-1] + x[t] from the entering (BD, NP) state h0, folded into step 0
-        a = tl.exp2(dt[:, None, :] * A2[:, :, None])  # in (0, 1]
-        x = dtu[:, None, :] * Bt[None, :, :]
-        x0 = tl.where(pos[None, None, :] == 0, a * h0[:, :, None] + x, x)
-        h = tl.associative_scan((a, x0), 2, _combine)[1]
+    def _chunk_states(dt, dtu, h0, A2, Bt, pos3):
+        # one chunk, every state at once, (BT, NP, BD): decays a = exp2(dt A log2 e), inputs x = dt u B and
+        # states h[t] = a[t] h[t-1] + x[t] from the (NP, BD) state h0 entering the chunk, folded into step 0
+        a = tl.exp2(dt[:, None, :] * A2[None, :, :])  # in (0, 1]
+        x = dtu[:, None, :] * Bt[:, :, None]
+        x0 = tl.where(pos3 == 0, a * h0[None, :, :] + x, x)
+        h = tl.associative_scan((a, x0), 0, _combine)[1]
         return a, x, h
 
     @triton.jit(do_not_specialize=["L"])
@@ -864,36 +561,37 @@ if HAS_TRITON:
         d = tl.program_id(1) * BD + tl.arange(0, BD)  # (BD,) this program's channels
         dmask = d < n_ch
         ns = tl.arange(0, NP)
-        dn = dmask[:, None] & (ns < N)[None, :]  # (BD, NP)
+        nd = (ns < N)[:, None] & dmask[None, :]  # (NP, BD)
         pos = tl.arange(0, BT)
+        pos3 = pos[:, None, None]
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)  # absent D, bias come in as zeros
         Dd = tl.load(D_ptr + d, mask=dmask, other=0.0).to(ACC)
         # padded states get A = 0 and B = 0: a = 1, x = 0, so their h stays 0 and adds nothing to y
-        A = tl.load(A_ptr + d[:, None] * sA[0] + ns[None, :] * sA[1], mask=dn, other=0.0).to(ACC)  # (BD, NP)
+        A = tl.load(A_ptr + d[None, :] * sA[0] + ns[:, None] * sA[1], mask=nd, other=0.0).to(ACC)  # (NP, BD)
         A2 = A * 1.4426950408889634  # exp(dt A) as exp2(dt A log2 e): a multiply less, as mamba's CUDA kernel
-        st = st_ptr + b * sst[0] + d[:, None] * sst[1] + ns[None, :]  # (BD, NP) at chunk 0
-        h_in = tl.zeros((BD, NP), ACC)  # the state entering the chunk
+        st = st_ptr + b * sst[0] + d[None, :] * sst[1] + ns[:, None]  # (NP, BD) at chunk 0
+        h_in = tl.zeros((NP, BD), ACC)  # the state entering the chunk
         for c in range(tl.cdiv(L, BT)):
             t = c * BT + pos
             tok = t < L
-            mask = dmask[:, None] & tok[None, :]
-            nt = (ns < N)[:, None] & tok[None, :]  # (NP, BT)
-            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BD, BT)
+            mask = tok[:, None] & dmask[None, :]  # (BT, BD)
+            tn = tok[:, None] & (ns < N)[None, :]  # (BT, NP)
+            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BT, BD)
             dt = _dt(dt_ptr, sdt, b, d, t, mask, bias, SOFTPLUS, ACC)[0]
-            Bt = _bc_tile(B_ptr, sB, b, ns, t, nt, ACC)  # (NP, BT)
-            Ct = _bc_tile(C_ptr, sC, b, ns, t, nt, ACC)
-            tl.store(st + c * sst[2], h_in, mask=dn)
-            h = _chunk_states(dt, dt * u, h_in, A2, Bt, pos)[2]  # (BD, NP, BT)
-            y = tl.sum(h * Ct[None, :, :], 1) + Dd[:, None] * u  # (BD, BT)
+            Bt = _bc_tile(B_ptr, sB, b, ns, t, tn, ACC)  # (BT, NP)
+            Ct = _bc_tile(C_ptr, sC, b, ns, t, tn, ACC)
+            tl.store(st + c * sst[2], h_in, mask=nd)
+            h = _chunk_states(dt, dt * u, h_in, A2, Bt, pos3)[2]  # (BT, NP, BD)
+            y = tl.sum(h * Ct[:, :, None], 1) + Dd[None, :] * u  # (BT, BD)
             # padded steps have a = 1 and x = 0, so the last step's state is the state after step L - 1 too
-            h_in = _at(h, pos, BT - 1)
+            h_in = _at(h, pos3, BT - 1)
             if HAS_Z:
                 zt = _tile(z_ptr, sz, b, d, t, mask, ACC)
                 y *= zt * tl.sigmoid(zt)
-            o = b * so[0] + d[:, None] * so[1] + t[None, :] * so[2]
+            o = b * so[0] + d[None, :] * so[1] + t[:, None] * so[2]
             tl.store(out_ptr + o, y.to(out_ptr.dtype.element_ty), mask=mask)
-        last = (b * n_ch + d[:, None]) * N + ns[None, :]  # (b, d, n) contiguous
-        tl.store(last_ptr + last, h_in, mask=dn)
+        last = (b * n_ch + d[None, :]) * N + ns[:, None]  # (b, d, n) contiguous
+        tl.store(last_ptr + last, h_in, mask=nd)
 
     @triton.jit(do_not_specialize=["L"])
     def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, g_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, st_ptr,
@@ -905,17 +603,18 @@ if HAS_TRITON:
         d = tl.program_id(1) * BD + tl.arange(0, BD)
         dmask = d < n_ch
         ns = tl.arange(0, NP)
-        dn = dmask[:, None] & (ns < N)[None, :]  # (BD, NP)
+        nd = (ns < N)[:, None] & dmask[None, :]  # (NP, BD)
         pos = tl.arange(0, BT)
+        pos3 = pos[:, None, None]
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(ACC)
         Dd = tl.load(D_ptr + d, mask=dmask, other=0.0).to(ACC)
-        A = tl.load(A_ptr + d[:, None] * sA[0] + ns[None, :] * sA[1], mask=dn, other=0.0).to(ACC)  # (BD, NP)
+        A = tl.load(A_ptr + d[None, :] * sA[0] + ns[:, None] * sA[1], mask=nd, other=0.0).to(ACC)  # (NP, BD)
         A2 = A * 1.4426950408889634
-        st = st_ptr + b * sst[0] + d[:, None] * sst[1] + ns[None, :]
+        st = st_ptr + b * sst[0] + d[None, :] * sst[1] + ns[:, None]
         part = tl.program_id(1).to(tl.int64) * s_part if DET else 0  # DET: a dB/dC buffer per channel block
-        dBC = part + (b * N + ns[:, None]) * L  # (NP, 1) rows of dB, dC (b, n, l)
-        dh_next = tl.zeros((BD, NP), ACC)  # a[t0] dh[t0] of the chunk to the right
-        dA = tl.zeros((BD, NP), ACC)
+        dBC = part + (b * N + ns[None, :]) * L  # (1, NP): rows of dB, dC (b, n, l)
+        dh_next = tl.zeros((NP, BD), ACC)  # a[t0] dh[t0] of the chunk to the right
+        dA = tl.zeros((NP, BD), ACC)
         dD = tl.zeros((BD,), ACC)
         dbias = tl.zeros((BD,), ACC)
         n_chunks = tl.cdiv(L, BT)
@@ -923,12 +622,12 @@ if HAS_TRITON:
             c = n_chunks - 1 - i  # right to left
             t = c * BT + pos
             tok = t < L
-            mask = dmask[:, None] & tok[None, :]
-            nt = (ns < N)[:, None] & tok[None, :]  # (NP, BT)
-            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BD, BT)
+            mask = tok[:, None] & dmask[None, :]  # (BT, BD)
+            tn = tok[:, None] & (ns < N)[None, :]  # (BT, NP)
+            u = _tile(u_ptr, su, b, d, t, mask, ACC)  # (BT, BD)
             dt, dsp = _dt(dt_ptr, sdt, b, d, t, mask, bias, SOFTPLUS, ACC)
             # dt[t+1] gives a[t+1] for the adjoint: reloaded (an L1 hit) rather than shifted in registers
-            dt_next = _dt(dt_ptr, sdt, b, d, t + 1, dmask[:, None] & (t + 1 < L)[None, :], bias, SOFTPLUS,
+            dt_next = _dt(dt_ptr, sdt, b, d, t + 1, (t + 1 < L)[:, None] & dmask[None, :], bias, SOFTPLUS,
                           ACC)[0]
             dtu = dt * u
             g = _tile(g_ptr, sg, b, d, t, mask, ACC)
@@ -938,39 +637,42 @@ if HAS_TRITON:
                 ybar = g * zt * sgz  # dloss/dy: zero beyond L, so gh and dh are exactly zero there
             else:
                 ybar = g
-            Bt = _bc_tile(B_ptr, sB, b, ns, t, nt, ACC)  # (NP, BT)
-            Ct = _bc_tile(C_ptr, sC, b, ns, t, nt, ACC)
-            h0 = tl.load(st + c * sst[2], mask=dn, other=0.0)
-            a, x, h = _chunk_states(dt, dtu, h0, A2, Bt, pos)  # (BD, NP, BT), recomputed from the saved state
-            # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the right neighbour's a dh enters at the last step
-            gh = ybar[:, None, :] * Ct[None, :, :] + tl.where(pos[None, None, :] == BT - 1, dh_next[:, :, None],
-                                                               0.0)
-            a_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
-            dh = tl.associative_scan((a_next, gh), 2, _combine, reverse=True)[1]
-            q = dh * (h - x)  # dh[t] a[t] h[t-1]
-            dA += tl.sum(dt[:, None, :] * q, 2)
-            dh_next = _at(a * dh, pos, 0)
-            S1 = tl.sum(dh * Bt[None, :, :], 1)  # (BD, BT) sum_n dh B
-            S2 = tl.sum(A[:, :, None] * q, 1)    # sum_n dh A (h - x)
+            Bt = _bc_tile(B_ptr, sB, b, ns, t, tn, ACC)  # (BT, NP)
+            Ct = _bc_tile(C_ptr, sC, b, ns, t, tn, ACC)
+            h0 = tl.load(st + c * sst[2], mask=nd, other=0.0)
+            a, x, h = _chunk_states(dt, dtu, h0, A2, Bt, pos3)  # (BT, NP, BD), from the saved state
+            # what needs h is taken now, so only h - x (= a[t] h[t-1]) stays live through the adjoint scan
+            y = tl.sum(h * Ct[:, :, None], 1) + Dd[None, :] * u  # (BT, BD) recomputed, for dz
+            dCt = tl.sum(h * ybar[:, None, :], 2)  # (BT, NP) sum over this block's channels
+            hx = h - x
+            a0 = _at(a, pos3, 0)  # (NP, BD)
+            # dh[t] = gh[t] + a[t+1] dh[t+1], a reverse scan; the right neighbour's a dh enters at the last
+            # step
+            gh = ybar[:, None, :] * Ct[:, :, None] + tl.where(pos3 == BT - 1, dh_next[None, :, :], 0.0)
+            a_next = tl.exp2(dt_next[:, None, :] * A2[None, :, :])
+            dh = tl.associative_scan((a_next, gh), 0, _combine, reverse=True)[1]
+            q = dh * hx  # dh[t] a[t] h[t-1]
+            dA += tl.sum(dt[:, None, :] * q, 0)
+            dh_next = a0 * _at(dh, pos3, 0)
+            S1 = tl.sum(dh * Bt[:, :, None], 1)  # (BT, BD) sum_n dh B
+            S2 = tl.sum(A[None, :, :] * q, 1)    # sum_n dh A (h - x)
+            dBt = tl.sum(dh * dtu[:, None, :], 2)  # (BT, NP)
             # dB, dC sum over channels: atomics across channel blocks (DET: one writer each)
-            dBt = tl.sum(dh * dtu[:, None, :], 0)  # (NP, BT)
-            dCt = tl.sum(h * ybar[:, None, :], 0)
-            tl.atomic_add(dB_ptr + dBC + t[None, :], dBt, mask=nt, sem="relaxed")
-            tl.atomic_add(dC_ptr + dBC + t[None, :], dCt, mask=nt, sem="relaxed")
-            o = b * so[0] + d[:, None] * so[1] + t[None, :] * so[2]
+            tl.atomic_add(dB_ptr + dBC + t[:, None], dBt, mask=tn, sem="relaxed")
+            tl.atomic_add(dC_ptr + dBC + t[:, None], dCt, mask=tn, sem="relaxed")
+            o = b * so[0] + d[None, :] * so[1] + t[:, None] * so[2]
             ddt = tl.where(mask, (u * S1 + S2) * dsp, 0.0)
-            dbias += tl.sum(ddt, 1)
-            dD += tl.sum(ybar * u, 1)
+            dbias += tl.sum(ddt, 0)
+            dD += tl.sum(ybar * u, 0)
             tl.store(ddt_ptr + o, ddt.to(ddt_ptr.dtype.element_ty), mask=mask)
             if HAS_Z:
-                y = tl.sum(h * Ct[None, :, :], 1) + Dd[:, None] * u  # recomputed, for dz
                 dz = g * y * sgz * (1.0 + zt * (1.0 - sgz))
                 tl.store(dz_ptr + o, dz.to(dz_ptr.dtype.element_ty), mask=mask)
-            du = dt * S1 + Dd[:, None] * ybar
+            du = dt * S1 + Dd[None, :] * ybar
             tl.store(du_ptr + o, du.to(du_ptr.dtype.element_ty), mask=mask)
         # per-(b, d) partials of dA | dD | dbias, (b, d, n + 2), summed over batch on the host: deterministic
         w = (b * n_ch + d) * (N + 2)
-        tl.store(dW_ptr + w[:, None] + ns[None, :], dA, mask=dn)
+        tl.store(dW_ptr + w[None, :] + ns[:, None], dA, mask=nd)
         tl.store(dW_ptr + w + N, dD, mask=dmask)
         tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
