@@ -2,7 +2,7 @@
 The configurator train.py, evaluate.py and bench.py share: a defaults block of plain assignments at the top of
 a script (one key per line with its comment), Python config files, then --key=value overrides.
     cfg, explicit = load(argv, defaults)              # defaults <- config files <- --key=value
-    print(help_text(path, title))                      # --help: every key of a defaults block with its comment
+    print(help_text(path, title))                      # --help: every key of a defaults block, commented
 A value is typed like its default (ints are accepted for floats); an unknown key, in a file or on the command
 line, is one line naming it and the closest known key. Config files are Python run with the config so far in
 scope (imports, helpers and comprehensions work); the plain values a file assigns are the keys it sets. Files
@@ -20,7 +20,8 @@ from harness import UserError, oneline, short
 
 def defaults_of(namespace):
     """a script's defaults block as a dict: its str, int, float and bool globals not starting with '_'"""
-    return {k: v for k, v in namespace.items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
+    plain = (int, float, bool, str)
+    return {k: v for k, v in namespace.items() if not k.startswith('_') and type(v) in plain}
 
 
 def parse_value(key, raw, default):
@@ -39,13 +40,14 @@ def parse_value(key, raw, default):
 
 def coerce(key, value, default, where, words=()):
     """value as the type of default (an int where a float is expected is that float); `words` are the values
-    of another type the key also takes (resume: 'auto')"""
-    if value in words:
+    of another type the key also takes (resume: 'auto'), or that type itself (reference_quirks: a str)"""
+    if value in words if isinstance(words, tuple) else type(value) is words:
         return value
     if type(value) is int and type(default) is float:
         value = float(value)  # --learning_rate=1 means 1.0
     if type(value) is not type(default):
-        alternatives = ''.join(f" or {w!r}" for w in words)
+        alternatives = (''.join(f" or {w!r}" for w in words) if isinstance(words, tuple)
+                        else f" or a {words.__name__}")
         raise UserError(f"{where}: {key} must be of type {type(default).__name__} (like {default!r})"
                         f"{alternatives}, got {short(value)}")
     return value

@@ -23,7 +23,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -161,7 +161,7 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.norm = NORMS[cfg.norm](cfg.n_embd, MIXERS["M"].rms_eps)
         self.mixer = MambaMixer(cfg)
-        self.skip = 2.0 if cfg.reference_quirks else 1.0
+        self.skip = 2.0 if "doubling" in quirk_parts(cfg) else 1.0
 
     def forward(self, x):
         return self.skip * x + self.mixer(self.norm(x))
@@ -195,10 +195,11 @@ def init_linears_reference(mod, cfg, family):
     """reference rule for attention and MLPs: HF GPT-2 modules (GELU MLP, gpt2 attention) get N(0, 0.02),
     scaled for c_proj only inside a real HF GPT2Model; a pure HF Llama gets N(0, 0.02) unscaled; Llama modules
     built outside HF (in a hybrid) keep PyTorch's default init."""
+    parts = quirk_parts(cfg)
     hf_gpt2_module = isinstance(mod, MLP) or (isinstance(mod, CausalSelfAttention) and cfg.attn == "gpt2")
-    resid_std = _residual_std(cfg) if family == "gpt2" else STD
+    resid_std = STD if "residual_scale" in parts else _residual_std(cfg)
     for name, linear in mod.named_children():
-        if family == "hybrid" and not hf_gpt2_module:
+        if "torch_init" in parts and not hf_gpt2_module:
             linear.reset_parameters()  # LlamaAttention / LlamaMLP built outside HF: torch default
         else:
             _normal(linear, resid_std if name == "c_proj" else STD)
@@ -217,26 +218,31 @@ def _mamba_dynamics(mod, dt_init):
     nn.init.ones_(mod.D)
 
 
-def init_mamba(mod, cfg):
-    """clean rule: linears N(0, 0.02) (out_proj then N(0, 0.02 / sqrt(2 n_layer))), conv1d PyTorch default,
-    Mamba's dt, A and D init."""
+def init_mamba(mod, cfg, out_std=None):
+    """clean rule: linears N(0, 0.02) (out_proj then N(0, 0.02 / sqrt(2 n_layer)), or out_std), conv1d PyTorch
+    default, Mamba's dt, A and D init."""
     for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
         _normal(linear, STD)
     mod.conv1d.reset_parameters()
-    mod.out_proj.weight.normal_(0.0, _residual_std(cfg))
+    mod.out_proj.weight.normal_(0.0, out_std or _residual_std(cfg))
     _mamba_dynamics(mod, dt_init=True)
 
 
 def init_mamba_reference(mod, cfg, family):
-    """reference rule: HF MambaModel (pure Mamba) keeps PyTorch-default linears with its dt init and
-    out_proj / sqrt(n_layer); a Mamba block inside the hybrid engine keeps PyTorch defaults throughout (no
-    dt init)."""
+    """reference rule: HF MambaModel (pure Mamba: part mamba_init) keeps PyTorch-default linears with its dt
+    init and out_proj / sqrt(n_layer); a Mamba block inside the hybrid engine (part torch_init) keeps
+    PyTorch defaults throughout (no dt init); with neither, the clean rule (out_proj unscaled with
+    residual_scale)."""
+    parts = quirk_parts(cfg)
+    if not {"torch_init", "mamba_init"} & parts:
+        init_mamba(mod, cfg, out_std=STD if "residual_scale" in parts else None)
+        return
     for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
         linear.reset_parameters()
     mod.conv1d.reset_parameters()
-    if family == "mamba":
+    if "torch_init" not in parts:
         mod.out_proj.weight /= math.sqrt(cfg.n_layer)
-    _mamba_dynamics(mod, dt_init=family != "hybrid")
+    _mamba_dynamics(mod, dt_init="torch_init" not in parts)
 
 # -----------------------------------------------------------------------------
 # the tables: what each letter of layer_pattern and each ffn name builds
@@ -293,8 +299,9 @@ class ModelConfig:
     expand: int = 4             # the paper uses 4 "to give similar parameter counts" (Mamba's default is 2)
     dt_rank: int = 0            # 0 -> ceil(C / 16)
     scan_backend: str = "auto"  # ssm_scan backend: auto | torch | cpu | triton
-    # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4)
-    reference_quirks: bool = False
+    # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4): True (what the
+    # reference does for this architecture) or a comma list of QUIRK_PARTS
+    reference_quirks: Union[bool, str] = False
 
     def __post_init__(self):
         choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS),
@@ -318,6 +325,11 @@ class ModelConfig:
         if self.y_dim > self.n_dims:
             raise ValueError(f"y_dim={self.y_dim} cannot exceed n_dims={self.n_dims} "
                              "(y tokens are padded to n_dims)")
+        if type(self.reference_quirks) is str:
+            unknown = sorted(quirk_parts(self) - set(QUIRK_PARTS))
+            if unknown:
+                raise ValueError(f"reference_quirks: unknown part(s) {', '.join(unknown)}; the parts are "
+                                 f"{', '.join(QUIRK_PARTS)} (or True: the reference's own set)")
         if self.dt_rank == 0:
             self.dt_rank = math.ceil(self.n_embd / 16)
 
@@ -346,7 +358,7 @@ class Block(nn.Module):
             self.ln_2 = NORMS[cfg.norm](cfg.n_embd, ffn.rms_eps)
             self.ffn = ffn.module(cfg)
             if ffn.reference_skip is not None:
-                self.skip = ffn.reference_skip if cfg.reference_quirks else 1.0
+                self.skip = ffn.reference_skip if "doubling" in quirk_parts(cfg) else 1.0
 
     def forward(self, x, rope=None):
         x = x + self.mixer(self.ln_1(x), rope)
@@ -381,7 +393,7 @@ class ICLModel(nn.Module):
         self.ln_f = NORMS[cfg.norm](C, final_eps)
         self.read_out = nn.Linear(C, cfg.y_dim)
         self.register_load_state_dict_pre_hook(_rename_mamba_ffn_keys)
-        if cfg.reference_quirks:
+        if quirk_parts(cfg):
             init_reference(self)
         else:
             init_clean(self)
@@ -436,6 +448,30 @@ class ICLModel(nn.Module):
 
 # -----------------------------------------------------------------------------
 # init: one walk over the modules in order, each module set by its table's rule
+
+# the parts of the reference package's quirks (docs/paper.md §3.4), each a switch of its own:
+#   position        the learned position table N(0, 1) instead of N(0, 0.02)
+#   residual_scale  the projections into the residual stream (c_proj, Mamba's out_proj) N(0, 0.02), not scaled
+#                   by 1 / sqrt(2 n_layer)
+#   torch_init      Llama and Mamba modules keep PyTorch's default init, no dt init (built outside HF)
+#   mamba_init      Mamba mixers get HF MambaModel's init: default linears, its dt init, out_proj / sqrt(L)
+#   doubling        the residual stream doubled after every Mamba block: x <- 2x + mixer(norm(x))
+# reference_quirks=True is what the reference package gives this architecture (reference_family); a comma
+# list ('position,residual_scale') applies exactly those parts, to any architecture (a LayerNorm GPT-2 too)
+QUIRK_PARTS = ("position", "residual_scale", "torch_init", "mamba_init", "doubling")
+FAMILY_PARTS = dict(gpt2=(), llama=("residual_scale",), mamba=("mamba_init",),
+                    hybrid=("position", "residual_scale", "torch_init", "doubling"))
+
+
+def quirk_parts(cfg):
+    """the set of quirk parts this config applies"""
+    q = cfg.reference_quirks
+    if q is True:
+        return frozenset(FAMILY_PARTS[reference_family(cfg)])
+    if not q:
+        return frozenset()
+    return frozenset(p.strip() for p in q.split(",") if p.strip())
+
 
 def reference_family(cfg):
     """which model of the reference package this config is: its pure models are HuggingFace models
@@ -501,4 +537,4 @@ def init_reference(model):
     family = reference_family(model.cfg)
     rules = {kind.module: functools.partial(kind.init_reference, cfg=model.cfg, family=family)
              for kind in _table_kinds() if kind.init_reference}
-    _init_walk(model, rules, position_std=1.0 if family == "hybrid" else STD)
+    _init_walk(model, rules, position_std=1.0 if "position" in quirk_parts(model.cfg) else STD)

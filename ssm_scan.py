@@ -493,12 +493,20 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # -----------------------------------------------------------------------------
 # Triton kernels: a forward and a backward
 #
-# One program per (batch, block of BD channels) walks time in chunks of BT steps. Per state n a two-value
-# associative scan runs h = a*h + x over the chunk; the state is carried across chunks in registers and
-# saved at each chunk's start, (b, d, n_chunks, n). The backward walks the chunks right to left: it re-runs
-# the chunk's forward from the saved state, then the adjoint dh as a reverse scan (the derivation is in the
-# module docstring). BT is a constexpr power of two, L a runtime int (not specialised): the curriculum's
-# changing lengths reuse one compiled kernel. Core tl.* math only: libdevice fails in the interpreter.
+# The tiling (docs/scan.md §2). One program owns a batch row and a block of BD channels, all NP states of
+# each (n rounded up to a power of two), and walks time in chunks of BT steps. Per chunk it loads each input
+# once: the (BT, BD) tiles of u, delta, z (and the gradient g) and the (BT, NP) tiles of B and C, and runs the
+# recurrence h = a*h + x for every state at once on a (BT, NP, BD) block: one two-value associative scan
+# along time (axis 0) with the affine combine. Sums over states are tl.sum(axis=1) (y, and the backward's
+# sum_n dh B, sum_n dh A (h - x)), over channels tl.sum(axis=2) (the block's share of dB, dC). The (NP, BD)
+# state lives in registers across chunks (the block's last step, read by one masked sum per chunk) and is
+# saved at each chunk's start, (b, d, n_chunks, n). The axis order is for the GPU: Triton's default layout
+# puts lanes on the last axis first, so channels go to lanes and states to lanes and warps, while time stays
+# inside each thread, where the scan is a sequential loop and the last step a register (docs/scan.md).
+# The backward walks the chunks right to left: it re-runs the chunk's forward from the saved state, then the
+# adjoint dh as a reverse scan (the derivation is in the module docstring). BT is a constexpr power of two,
+# L a runtime int (not specialised): the curriculum's changing lengths reuse one compiled kernel. Core tl.*
+# math only: libdevice fails in the interpreter.
 
 if __name__ == "__main__" and not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # `python ssm_scan.py` without a GPU: use the interpreter
@@ -676,10 +684,12 @@ if HAS_TRITON:
         tl.store(dW_ptr + w + N, dD, mask=dmask)
         tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
-# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT tuned (no GPU was lent while
-# writing this): the picks of the design notes in docs/scan.md, compiled ahead of time for sm_90 (b=64 d=1024
-# n=16, fp32 and bf16) with no register spills beyond 8 bytes in one variant.
-_TILES = {True: (32, (16, 4), (16, 4)), False: (128, (4, 4), (4, 4))}
+# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT timed (no GPU was lent while
+# writing this): picked by compiling ahead of time for sm_90 (b=64 d=1024 n=16, fp32 and bf16) and counting
+# registers, spills and the chunk loop's instructions per (b, d, l, n) element (docs/scan.md §2). BT 32 keeps
+# the saved states as small as before (BT 16 ran ~12% fewer backward instructions, without spills, for twice
+# the states); the (BT, NP, BD) blocks hold 64 (forward) and 32 (backward) fp32 values per thread.
+_TILES = {True: (32, (32, 8), (8, 4)), False: (32, (32, 8), (8, 4))}
 
 
 def _like(u, dtype, chan):  # an output (b, d, l) in the layout of the inputs

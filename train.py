@@ -91,7 +91,7 @@ d_conv = 4                   # Mamba's causal conv width
 expand = 4                   # Mamba width = expand * n_embd; 4 as the paper (sizes like the transformers')
 dt_rank = 0                  # Mamba dt projection rank; 0 -> ceil(n_embd / 16)
 scan_backend = 'auto'        # ssm_scan.selective_scan backend: auto | torch | cpu | triton
-reference_quirks = False     # residual doubling and init of the reference package (docs/paper.md §3.4)
+reference_quirks = False     # the reference package's init and doubling (docs/paper.md §3.4), or some parts
 # optimizer: Adam as in the paper (no decay, no schedule, no clipping unless asked)
 batch_size = 64              # prompts per optimizer step, summed over all processes
 micro_batch_size = 0         # prompts per forward pass per process; 0 -> batch_size / world_size
@@ -136,7 +136,7 @@ RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval 
 # config
 
 # keys that take a word besides a value of their default's type
-WORDS = dict(resume=('auto',))
+WORDS = dict(resume=('auto',), reference_quirks=str)
 
 
 def load_config(argv, sources=None):
