@@ -697,10 +697,17 @@ def _like(u, dtype, chan):  # an output (b, d, l) in the layout of the inputs
     return u.new_empty(b, l, d, dtype=dtype).transpose(1, 2) if chan else u.new_empty(b, d, l, dtype=dtype)
 
 
+def _block(tile, n):  # (BD, warps) of _TILES, d_state n -> BD, warps, NP
+    BD, warps = tile
+    NP = triton.next_power_of_2(n)
+    # past 16 states BD shrinks, so the (BT, NP, BD) block keeps the register size the tiles were picked at
+    return max(1, BD * 16 // max(NP, 16)), warps, NP
+
+
 def _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan):
     (b, nd, l), n = u.shape, A.shape[1]
     BT = _TILES[chan][0]
-    BD, warps = _TILES[chan][1]
+    BD, warps, NP = _block(_TILES[chan][1], n)
     out = _like(u, u.dtype, chan)
     last = st.new_empty(b, nd, n)
     z_or_u = u if z is None else z  # absent z: any valid pointer, never read
@@ -708,7 +715,7 @@ def _triton_forward(u, delta, A, B, C, D, z, bias, st, softplus, chan):
         u, delta, z_or_u, B, C, A, D, bias, st, out, last, l, n, nd, u.stride(), delta.stride(),
         z_or_u.stride(), out.stride(), B.stride(), C.stride(), A.stride(), st.stride()[:3],
         HAS_Z=z is not None, SOFTPLUS=softplus, ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
-        BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps,
+        BD=BD, BT=BT, NP=NP, num_warps=warps,
         enable_fp_fusion=True)  # fusion pinned: Triton 3.10 flips the default
     return out, last
 
@@ -717,7 +724,7 @@ def _triton_backward(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
     # -> the grads of u, delta, A, B, C, D, z, bias
     (b, nd, l), n = u.shape, A.shape[1]
     BT = _TILES[chan][0]
-    BD, warps = _TILES[chan][2]
+    BD, warps, NP = _block(_TILES[chan][2], n)
     du = _like(u, u.dtype, chan)
     ddelta = _like(u, delta.dtype, chan)
     dz = _like(u, u.dtype if z is None else z.dtype, chan)
@@ -731,7 +738,7 @@ def _triton_backward(u, delta, A, B, C, D, z, bias, st, g, softplus, det, chan):
         A.stride(), st.stride()[:3],
         HAS_Z=z is not None, SOFTPLUS=softplus, DET=det,
         ACC=tl.float64 if st.dtype == torch.float64 else tl.float32,
-        BD=BD, BT=BT, NP=triton.next_power_of_2(n), num_warps=warps, enable_fp_fusion=True)
+        BD=BD, BT=BT, NP=NP, num_warps=warps, enable_fp_fusion=True)
     dB, dC = dBC.sum(1)
     dW = dW.sum(0)  # dA | dD | dbias
     return (du, ddelta, dW[:, :n].to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), dW[:, n].to(D.dtype),

@@ -367,6 +367,22 @@ def test_triton_scan_gradcheck(tiny_tiles):
     assert torch.autograd.gradcheck(f, tuple(x.values()), fast_mode=True)
 
 
+@slow
+@needs_triton
+@pytest.mark.parametrize("layout", ["bld", "bdl"])
+@pytest.mark.parametrize("n", [3, 5])
+def test_triton_scan_padded_states_match_naive(tiny_tiles, layout, n):
+    # d_state not a power of two (the kernel's (BT, NP, BD) block pads the states to NP = 4, 8), 11 steps in
+    # chunks of 4 (the last partial), 3 channels in blocks of 2, transposed and contiguous inputs: fp64 against
+    # the per-step loop, outputs, every grad and the last state
+    x, g = triton_inputs(b=2, d=3, l=11, n=n, dtype=torch.float64, layout=layout)
+    ours, ref = (outputs_and_grads(f, x, g) for f in (triton_scan, selective_scan_naive))
+    assert all(close(a, b, 1e-12) for a, b in zip(ours, ref))
+    last, ref_last = (f(**x, delta_softplus=True, return_last_state=True)[1]
+                      for f in (triton_scan, selective_scan_naive))
+    assert last.shape == (2, 3, n) and close(last, ref_last, 1e-12)
+
+
 @needs_triton
 @pytest.mark.parametrize("fails", ["forward", "backward"])
 def test_triton_scan_falls_back_to_torch_when_the_kernel_fails(monkeypatch, capsys, fails):
@@ -572,10 +588,11 @@ def test_model_rejects_bad_shapes_and_names():
 
 
 def test_model_rmsnorm_normalises_in_fp32():
+    g = torch.Generator().manual_seed(0)  # (it drew from the global stream, so its inputs hung on test order)
     norm = model.RMSNorm(64, eps=1e-6)
     with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-    x = torch.randn(8, 64) * 3
+        norm.weight.uniform_(0.5, 1.5, generator=g)
+    x = torch.randn(8, 64, generator=g) * 3
     # fp32 and fp64: the plain formula, bit for bit
     for dtype in (torch.float32, torch.float64):
         xd, w = x.to(dtype), norm.weight.to(dtype)
@@ -587,7 +604,8 @@ def test_model_rmsnorm_normalises_in_fp32():
     xb = x.bfloat16()
     in_bf16 = xb * torch.rsqrt(xb.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
     ours = norm(xb)
-    assert (ours.float() - exact).abs().max() < (in_bf16.float() - exact).abs().max()
+    # the mean error: the largest of 512 is a coin flip between two roundings (it failed at 1 seed in 5)
+    assert (ours.float() - exact).abs().mean() < (in_bf16.float() - exact).abs().mean()
 
 
 def test_model_loads_checkpoints_from_before_the_tables():

@@ -433,6 +433,9 @@ def malformed_cases(tmp):
              int: ["1.5", "abc", "True", "", "[1]", "None", "'3'", "10**3", "1e400", "{}"],
              float: ["abc", "True", "[]", "None", "1j", "'0.1'"], str: []}
     for key, default in train.DEFAULTS.items():
+        if train.WORDS.get(key) is str:  # reference_quirks: a bool, or a comma list of its parts ('' is none)
+            cases += [([f"--{key}={v}"], f"{key} must be of type|{key}: unknown part") for v in wrong[bool] if v]
+            continue
         cases += [([f"--{key}={v}"], f"{key} must be of type") for v in wrong[type(default)]]
         if key in train.POSITIVE + train.NONNEG:
             low = ["0", "-1"] if key in train.POSITIVE else ["-1"]
@@ -816,7 +819,8 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path, sig):
     # goes on to its end. SIGTERM still stops it gracefully
     run = tmp_path / "r"
     args = [sys.executable, "train.py", *TINY, "--max_iters=100000", "--ckpt_interval=1000", f"--out_dir={run}"]
-    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    out = open(tmp_path / "out.txt", "w")  # a file, not a pipe nobody reads: a full pipe would stall the run
+    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT, text=True,
                          preexec_fn=_ignoring(sig))
     try:
         _wait_for_rows(run, 3, [p])
@@ -825,11 +829,12 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path, sig):
         assert p.poll() is None  # still training
         _wait_for_rows(run, len(metrics(run)) + 3, [p])  # (raises if the run ends instead)
         p.send_signal(signal.SIGTERM)
-        out = p.communicate(timeout=60)[0]
+        p.wait(timeout=60)
     finally:
         if p.poll() is None:
             p.kill()
-    assert p.returncode == 0 and "stopped at step" in out
+        out.close()
+    assert p.returncode == 0 and "stopped at step" in (tmp_path / "out.txt").read_text()
 
 
 def test_stop_signals_leave_an_ignored_disposition_alone(monkeypatch):
