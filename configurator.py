@@ -73,18 +73,23 @@ def assigned_names(tree):
     return assigned
 
 
+def parse_file(path, what='config file'):
+    """a Python file's syntax tree (read, not run), or one line saying why there is none"""
+    if os.path.isdir(path):
+        raise UserError(f"{what} {short(path)} is a directory (the presets are files in configs/)")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {short(path)} not found (the presets are in configs/)")
+    try:
+        with open(path) as f:
+            return ast.parse(f.read(), path)
+    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} failed to run: {type(e).__name__}: {oneline(e)}")
+
+
 def read_config_file(path):
     """(path, compiled code, the names its top level assigns): read before any file runs, so the task files
     can be ordered after the architecture files"""
-    if os.path.isdir(path):
-        raise UserError(f"config file {short(path)} is a directory (the presets are files in configs/)")
-    if not os.path.isfile(path):
-        raise UserError(f"config file {short(path)} not found (the presets are in configs/)")
-    try:
-        with open(path) as f:
-            tree = ast.parse(f.read(), path)
-    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"config file {path} failed to run: {type(e).__name__}: {oneline(e)}")
+    tree = parse_file(path)
     # (the config key 'compile' shadows the builtin)
     return path, builtins.compile(tree, path, 'exec'), assigned_names(tree)
 

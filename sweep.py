@@ -32,7 +32,6 @@ its directory: a run trained with other keys is refused by name, never mixed. Ex
 finished (and evaluated), 1 a run failed or is unfinished (or the evaluation failed), 2 bad input (one line,
 nothing written or started), 128 + N stopped by signal N (each run checkpointed: the same command continues).
 """
-import ast
 import contextlib
 import ctypes
 import difflib
@@ -55,7 +54,7 @@ from tqdm import tqdm
 
 import configurator
 import train
-from harness import UserError, short
+from harness import UserError, oneline, short
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value (a train.py key, --max_iters=1000, goes to every run instead)
@@ -233,14 +232,7 @@ def parse_seeds(value, where):
 def file_assigns(path):
     """the names a Python file's top level assigns (read, not run: a config file may need train.py's keys in
     scope to run)"""
-    if not os.path.isfile(path):
-        raise UserError(f"spec or config file {short(path)} not found")
-    try:
-        with open(path) as f:
-            tree = ast.parse(f.read(), path)
-    except (SyntaxError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not Python: {type(e).__name__}: {oneline(e)}")
-    return configurator.assigned_names(tree)
+    return configurator.assigned_names(configurator.parse_file(path, 'spec or config file'))
 
 
 def read_spec(path):
@@ -262,9 +254,6 @@ def read_spec(path):
                         f"{', '.join(SPEC_KEYS)}")
     return ns
 
-
-def oneline(e):
-    return ' '.join(str(e).split())[:300] or type(e).__name__
 
 
 def file_list(value, where):
