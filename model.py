@@ -279,13 +279,14 @@ FFNS = {  # ffn names; "none": mixer-only blocks (Mamba, MambaFormer)
 @dataclass
 class ModelConfig:
     # icl interface
-    n_dims: int = 20            # x dimension = read-in width (y tokens are zero-padded to it)
+    # (the defaults are train.py's: a small GPT-2 on 5-d linear regression; configs/ hold the paper's sizes)
+    n_dims: int = 5             # x dimension = read-in width (y tokens are zero-padded to it)
     y_dim: int = 1              # read-out width (n_dims for mqar)
     n_positions: int = 141      # max points per prompt; the learned table has 2 * n_positions rows
     # backbone: each block is [norm, mixer, +res] then optionally [norm, ffn, +res]
-    n_layer: int = 12           # number of blocks
-    n_embd: int = 256
-    n_head: int = 8
+    n_layer: int = 4            # number of blocks
+    n_embd: int = 64
+    n_head: int = 4
     norm: str = "layernorm"     # a NORMS name: layernorm | rmsnorm
     pos: str = "learned"        # learned | rope | none
     attn: str = "gpt2"          # gpt2: biased fused qkv and proj | llama: no biases

@@ -514,6 +514,13 @@ def test_model_init_invariants():
     assert abs(quirky.wpe.weight.std().item() - 1.0) < 0.05  # the reference hybrids' N(0, 1) position table
 
 
+def test_model_config_defaults_are_train_s():
+    # one fact in two places (the dataclass a forker builds from, train.py's defaults block): kept equal
+    import dataclasses
+    fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert {k: v for k, v in fields.items() if k in train.DEFAULTS and train.DEFAULTS[k] != v} == {}
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_reference_quirks_true_is_its_family_s_parts(name):
     # True is what the reference package gives the architecture: the named parts of its family, bit for bit
