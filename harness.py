@@ -152,6 +152,30 @@ def atomic_write(path, data):
         raise
 
 
+def save_checkpoint(run, state, keep_last, keep_every, good_step):
+    """state as run.ckpt atomically, then ckpt_<step>.pt as a hard link to it (the same bytes, no second write;
+    the next os.replace gives ckpt.pt a new inode); the step checkpoints not kept are dropped. A failed write
+    (a full disk) is one UserError naming the last complete checkpoint, which is intact."""
+    step = state['step']
+    named = os.path.join(run.dir, f'ckpt_{step:07d}.pt')
+    try:
+        data = serialize(state)
+        atomic_write(run.ckpt, data)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(named)  # a stale one from before a crash
+        try:
+            os.link(run.ckpt, named)
+        except OSError:
+            atomic_write(named, data)
+        kept = [s for s, _ in step_checkpoints(run.dir) if not (keep_every and s % keep_every == 0)]
+        for s in kept[:-keep_last]:
+            os.remove(os.path.join(run.dir, f'ckpt_{s:07d}.pt'))
+    except OSError as e:
+        raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: "
+                        f"{e.strerror or oneline(e)} (disk full?); "
+                        f"the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
+
+
 def truncate_metrics(path, step):
     """drop the rows past the resumed checkpoint, a half-written last line and malformed lines, so the resumed
     metrics equal an uninterrupted run's. Returns how many malformed lines were dropped."""
@@ -278,13 +302,14 @@ def git_rev():
     return 'unknown'
 
 
-def exit_finished_worker():
-    """exit 0 from a torchrun worker whose run finished (files written, lock released, group destroyed),
-    skipping the interpreter's finalization: torch.distributed.nn, which DDP imports, keeps the gloo group
-    alive past destroy_process_group, and tearing it down there can meet a gloo thread waiting for the GIL:
-    SIGABRT, `terminate called without an active exception`, after a clean finish"""
+def exit_finished_worker(code=0):
+    """exit with `code` from a torchrun worker whose run ended (finished: files written, lock released, group
+    destroyed; or failed, its one error line printed), skipping the interpreter's finalization:
+    torch.distributed.nn, which DDP imports, keeps the gloo group alive past destroy_process_group, and tearing
+    it down there can meet a gloo thread waiting for the GIL: SIGABRT, `terminate called without an active
+    exception`, after a clean finish or instead of the error's exit code 2"""
     atexit._run_exitfuncs()  # what a normal exit runs first (wandb's finish, tqdm's monitor)
     with contextlib.suppress(OSError):  # a reader that left loses nothing
         sys.stdout.flush()
         sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

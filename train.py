@@ -40,7 +40,7 @@ from configurator import parse_value  # noqa: F401 -- (scripts reach it through 
 # global of this module is a config key)
 from harness import (RUN_FILES, RunDirectory, StopSignals, UserError, atomic_write,  # noqa: F401
                      exit_finished_worker, git_rev, load_checkpoint, oneline, resume_checkpoint, run_status,
-                     serialize, short, step_checkpoints, truncate_metrics)
+                     save_checkpoint, serialize, short, step_checkpoints, truncate_metrics)
 from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 
 # -----------------------------------------------------------------------------
@@ -372,19 +372,8 @@ def main(argv):
     return step
 
 
-def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_model):
-    master = rank == 0
-    per_rank = cfg['batch_size'] // world
-    micro = cfg['micro_batch_size'] or per_rank  # validate() checked that it divides per_rank
-    accum = per_rank // micro
-    torch.backends.cuda.matmul.allow_tf32 = device.type == 'cuda'  # (no-ops on CPU)
-    torch.backends.cudnn.allow_tf32 = device.type == 'cuda'
-    if cfg['dtype'] == 'bfloat16':
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext()
-
-    # --- the optimizer, and the checkpoint's state when resuming
+def make_optimizer(cfg, raw_model, ckpt, run, device):
+    """(Adam, the step to start at): fresh, or with the checkpoint's weights, moments, step and RNG state"""
     groups = raw_model.optim_groups(cfg['weight_decay'])
     opt_cls = torch.optim.AdamW if cfg['weight_decay'] > 0 else torch.optim.Adam  # the paper: plain Adam
     # fused: one kernel for the whole update on a GPU (launch-bound steps); the CPU keeps the default,
@@ -404,6 +393,68 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
             g.update(betas=(cfg['beta1'], cfg['beta2']), weight_decay=fresh['weight_decay'])
         step = ckpt['step']
         torch.set_rng_state(ckpt['rng']['torch'])
+    return optimizer, step
+
+
+def log_header(log, cfg, mcfg, sources, run, ckpt, step, counts, world, device):
+    """the first lines of a run's log: where it runs, its config, its size, its task and scan backend"""
+    where = f"resuming at step {step}" if ckpt else "new run"
+    pattern = ('M+' if mcfg.mamba_embed else '') + ''.join(mcfg.blocks())
+    log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | "
+        f"git {git_rev()}")
+    log(f"config: {json.dumps(cfg, sort_keys=True)}")
+    log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
+    log(describe_task(cfg, sources))
+    if counts['mamba']:
+        log(f"selective scan: the {ssm_scan.resolve_backend(cfg['scan_backend'], device)} backend")
+
+
+def forward_backward(model, xs, ys, cfg, micro, ddp, autocast):
+    """one step's gradients, summed over its micro-batches; returns the step's mean loss on this process"""
+    accum = len(xs) // micro
+    loss_sum = torch.zeros((), device=xs.device)
+    for m in range(accum):
+        sl = slice(m * micro, (m + 1) * micro)
+        # all-reduce the grads once per step, at the last micro-batch
+        sync = not ddp or m == accum - 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast:
+                loss = icl_loss(model(xs[sl], ys[sl]), ys[sl], cfg['task'])
+            (loss / accum).backward()
+        loss_sum += loss.detach() / accum
+    return loss_sum
+
+
+def metrics_row(step, cfg, loss_val, gnorm, lr, clock, raw_model, val, autocast):
+    """the metrics row of `step`: loss, grad norm, lr, curriculum and speed every log_interval, the held-out
+    loss every eval_interval (just {step} between them); `clock` holds the last row's step and times"""
+    last = step == cfg['max_iters']
+    row = dict(step=step)
+    if step % cfg['log_interval'] == 0 or last:
+        n_dims_now, n_points_now = tasks.curriculum(step - 1, cfg)
+        rate = (step - clock['step']) / max(time.time() - clock['t'], 1e-9)
+        row.update(loss=loss_val, grad_norm=gnorm, lr=lr, n_dims=n_dims_now, n_points=n_points_now,
+                   steps_per_s=round(rate, 3), time=round(time.time() - clock['t0'], 2))
+        clock.update(step=step, t=time.time())
+    # (no dropout or batch norm: no train/eval mode)
+    if step % cfg['eval_interval'] == 0 or last:
+        with torch.no_grad(), autocast:
+            val_losses = [icl_loss(raw_model(x, y), y, cfg['task']).item() for x, y in val]
+        row['val_loss'] = sum(val_losses) / len(val)
+    return row
+
+
+def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_model):
+    master = rank == 0
+    per_rank = cfg['batch_size'] // world
+    micro = cfg['micro_batch_size'] or per_rank  # validate() checked that it divides per_rank
+    torch.backends.cuda.matmul.allow_tf32 = device.type == 'cuda'  # (no-ops on CPU)
+    torch.backends.cudnn.allow_tf32 = device.type == 'cuda'
+    if cfg['dtype'] == 'bfloat16':
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    else:
+        autocast = contextlib.nullcontext()
+    optimizer, step = make_optimizer(cfg, raw_model, ckpt, run, device)
     # reduce-overhead: CUDA graphs replay each step's kernels in one launch (shapes are static per curriculum
     # stage, so each stage captures once)
     model = torch.compile(raw_model, mode=cfg['compile_mode']) if cfg['compile'] else raw_model
@@ -413,31 +464,12 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
     wandb_id = ckpt.get('wandb_id') if ckpt else os.urandom(4).hex()  # one wandb run across resumes
     good_step = step  # the step of the last checkpoint on disk
 
-    # ckpt.pt atomically, then ckpt_<step>.pt as a hard link to it; drop the old ones we don't keep
-    def checkpoint():
+    def checkpoint():  # everything a resume needs; written and rotated by harness.save_checkpoint
         state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), step=step, config=cfg,
                      model_args=asdict(mcfg), param_counts=counts, rng=dict(torch=torch.get_rng_state()),
                      wandb_id=wandb_id, world_size=world,
                      curriculum=dict(zip(('n_dims_active', 'n_points'), tasks.curriculum(step, cfg))))
-        named = os.path.join(run.dir, f'ckpt_{step:07d}.pt')
-        try:
-            data = serialize(state)
-            atomic_write(run.ckpt, data)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(named)  # a stale one from before a crash
-            try:
-                # same bytes, no second write; the next os.replace gives ckpt.pt a new inode
-                os.link(run.ckpt, named)
-            except OSError:
-                atomic_write(named, data)
-            kept = [s for s, _ in step_checkpoints(run.dir)
-                    if not (cfg['keep_every'] and s % cfg['keep_every'] == 0)]
-            for s in kept[:-cfg['keep_last']]:
-                os.remove(os.path.join(run.dir, f'ckpt_{s:07d}.pt'))
-        except OSError as e:
-            raise UserError(f"cannot write a checkpoint in {run.dir} at step {step}: "
-                            f"{e.strerror or oneline(e)} (disk full?); "
-                            f"the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
+        save_checkpoint(run, state, cfg['keep_last'], cfg['keep_every'], good_step)
 
     # --- run directory, log, metrics (rank 0 writes; nothing is written before the config is valid)
     bar = tqdm(total=cfg['max_iters'], initial=step, dynamic_ncols=True, disable=None if master else True,
@@ -451,15 +483,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
         if ckpt is None:
             checkpoint()  # step 0 first: from here on a killed run can always be resumed
         dropped = truncate_metrics(run.metrics, step)
-        where = f"resuming at step {step}" if ckpt else "new run"
-        pattern = ('M+' if mcfg.mamba_embed else '') + ''.join(mcfg.blocks())
-        log(f"{where} in {run.dir} | {world} process(es) on {device} | torch {torch.__version__} | "
-            f"git {git_rev()}")
-        log(f"config: {json.dumps(cfg, sort_keys=True)}")
-        log("params: " + ', '.join(f'{k} {v:,}' for k, v in counts.items()) + f" | blocks: {pattern}")
-        log(describe_task(cfg, sources))
-        if counts['mamba']:
-            log(f"selective scan: the {ssm_scan.resolve_backend(cfg['scan_backend'], device)} backend")
+        log_header(log, cfg, mcfg, sources, run, ckpt, step, counts, world, device)
         if dropped:
             log(f"note: dropped {dropped} malformed line(s) of {run.metrics}")
     wandb = None
@@ -471,10 +495,9 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
 
     start = step
     fell_back = set(ssm_scan.fallbacks())
-    s_last = step
     stopping = False
     t0 = time.time()
-    t_last = t0
+    clock = dict(step=step, t=t0, t0=t0)
     with StopSignals() as signals:
         try:
             while step < cfg['max_iters'] and not stopping:
@@ -482,16 +505,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                 for group in optimizer.param_groups:
                     group['lr'] = lr
                 xs, ys = (t.to(device) for t in get_batch(cfg, step, rank, per_rank))
-                loss_sum = torch.zeros((), device=device)
-                for m in range(accum):
-                    sl = slice(m * micro, (m + 1) * micro)
-                    # all-reduce the grads once per step, at the last micro-batch
-                    sync = not ddp or m == accum - 1
-                    with contextlib.nullcontext() if sync else model.no_sync():
-                        with autocast:
-                            loss = icl_loss(model(xs[sl], ys[sl]), ys[sl], cfg['task'])
-                        (loss / accum).backward()
-                    loss_sum += loss.detach() / accum
+                loss_sum = forward_backward(model, xs, ys, cfg, micro, ddp, autocast)
                 # a stop asked for during this step is honoured at its end: read here, after the backward,
                 # so a signal costs at most the rest of a step (torchrun kills its workers 30 s after
                 # forwarding one)
@@ -527,20 +541,7 @@ def _train(cfg, mcfg, sources, ckpt, run, device, ddp, rank, world, val, raw_mod
                 if master:
                     bar.update(1)
                     bar.set_postfix(loss=f'{loss_val:.4f}', refresh=False)
-                    row = dict(step=step)
-                    if step % cfg['log_interval'] == 0 or last:
-                        n_dims_now, n_points_now = tasks.curriculum(step - 1, cfg)
-                        rate = (step - s_last) / max(time.time() - t_last, 1e-9)
-                        row.update(loss=loss_val, grad_norm=gnorm, lr=lr, n_dims=n_dims_now,
-                                   n_points=n_points_now, steps_per_s=round(rate, 3),
-                                   time=round(time.time() - t0, 2))
-                        t_last = time.time()
-                        s_last = step
-                    # (no dropout or batch norm: no train/eval mode)
-                    if step % cfg['eval_interval'] == 0 or last:
-                        with torch.no_grad(), autocast:
-                            val_losses = [icl_loss(raw_model(x, y), y, cfg['task']).item() for x, y in val]
-                        row['val_loss'] = sum(val_losses) / len(val)
+                    row = metrics_row(step, cfg, loss_val, gnorm, lr, clock, raw_model, val, autocast)
                     if len(row) > 1:
                         run.append(run.metrics, json.dumps(row) + '\n')
                         fields = [f'{k} {v:.4g}' if type(v) is float else f'{k} {v}'
@@ -583,6 +584,8 @@ if __name__ == '__main__':
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (UserError, OSError) as e:  # OSError: permissions, a path that is not a directory
         print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
+        if int(os.environ.get('RANK', -1)) != -1:  # a failed torchrun worker: exit 2, not a gloo SIGABRT
+            exit_finished_worker(2)
         sys.exit(2)
     if int(os.environ.get('RANK', -1)) != -1:  # launched by torchrun
         exit_finished_worker()
