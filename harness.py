@@ -153,9 +153,9 @@ def atomic_write(path, data):
 
 
 def save_checkpoint(run, state, keep_last, keep_every, good_step):
-    """state as run.ckpt atomically, then ckpt_<step>.pt as a hard link to it (the same bytes, no second write;
-    the next os.replace gives ckpt.pt a new inode); the step checkpoints not kept are dropped. A failed write
-    (a full disk) is one UserError naming the last complete checkpoint, which is intact."""
+    """state as run.ckpt atomically, then ckpt_<step>.pt as a hard link to it (the same bytes, no second
+    write; the next os.replace gives ckpt.pt a new inode); the step checkpoints not kept are dropped. A failed
+    write (a full disk) is one UserError naming the last complete checkpoint, which is intact."""
     step = state['step']
     named = os.path.join(run.dir, f'ckpt_{step:07d}.pt')
     try:
@@ -305,9 +305,9 @@ def git_rev():
 def exit_finished_worker(code=0):
     """exit with `code` from a torchrun worker whose run ended (finished: files written, lock released, group
     destroyed; or failed, its one error line printed), skipping the interpreter's finalization:
-    torch.distributed.nn, which DDP imports, keeps the gloo group alive past destroy_process_group, and tearing
-    it down there can meet a gloo thread waiting for the GIL: SIGABRT, `terminate called without an active
-    exception`, after a clean finish or instead of the error's exit code 2"""
+    torch.distributed.nn, which DDP imports, keeps the gloo group alive past destroy_process_group, and
+    tearing it down there can meet a gloo thread waiting for the GIL: SIGABRT, `terminate called without an
+    active exception`, after a clean finish or instead of the error's exit code 2"""
     atexit._run_exitfuncs()  # what a normal exit runs first (wandb's finish, tqdm's monitor)
     with contextlib.suppress(OSError):  # a reader that left loses nothing
         sys.stdout.flush()
