@@ -15,8 +15,8 @@ import tempfile
 import pytest
 import torch
 
-# evaluate.py's results cache: one of the test session's own, never the user's (a stale entry there could hide a
-# bug; the tests' tiny runs would fill it)
+# evaluate.py's results cache: one of the test session's own, never the user's (a stale entry there could
+# hide a bug; the tests' tiny runs would fill it)
 os.environ.setdefault("EVAL_CACHE", tempfile.mkdtemp(prefix="icl-eval-cache-"))
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # tiny models: one thread is fastest, and never oversubscribes shared cores
@@ -45,8 +45,9 @@ def run_train(out_dir, *args):
 
 
 def default_signals():
-    """a child's SIGINT and SIGHUP at their defaults, whatever the suite inherited: `nohup pytest` ignores SIGHUP
-    and a background job SIGINT, and a child would inherit that (train.py then rightly keeps them ignored)"""
+    """a child's SIGINT and SIGHUP at their defaults, whatever the suite inherited: `nohup pytest` ignores
+    SIGHUP and a background job SIGINT, and a child would inherit that (train.py then rightly keeps them
+    ignored)"""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
@@ -97,10 +98,12 @@ def one_error_line(result):
 
 
 def fake_run(path, n_dims=3, n_points=7, task="linear_regression", steps=(0,), init_seed=0, **model_kw):
-    """a run directory in train.py's format around an untrained tiny model (no training needed to test evaluate)"""
+    """a run directory in train.py's format around an untrained tiny model (no training needed to test
+    evaluate)"""
     from model import ICLModel, ModelConfig
     import tasks
-    margs = dict(n_dims=n_dims, y_dim=tasks.y_dim(task, n_dims), n_positions=16, n_layer=1, n_embd=16, n_head=2, **model_kw)
+    margs = dict(n_dims=n_dims, y_dim=tasks.y_dim(task, n_dims), n_positions=16, n_layer=1, n_embd=16,
+                 n_head=2, **model_kw)
     cfg = dict(task=task, n_dims=n_dims, n_points=n_points, arch="gpt2", **tasks.TASK_DEFAULTS)
     os.makedirs(path, exist_ok=True)
     for step in steps:

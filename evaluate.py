@@ -13,7 +13,6 @@ with --out=PREFIX also PREFIX.md and PREFIX.csv (the score table) and PREFIX_<ta
 Every run, output path and option is checked before any evaluation work starts.
 """
 import hashlib
-import io
 import json
 import math
 import os
@@ -27,7 +26,7 @@ from tqdm import tqdm
 import tasks
 from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
-from harness import UserError, atomic_write, load_checkpoint, serialize, short, step_checkpoints
+from harness import UserError, atomic_write, load_checkpoint, save_figure, serialize, short, step_checkpoints
 from configurator import help_text, parse_value
 
 # -----------------------------------------------------------------------------
@@ -453,10 +452,11 @@ def evaluate_run(plan, cfg, results):
             if path == plan['paths'][-1]:
                 raise UserError(f"{path} disappeared while being read")
             print(f"note: {path} disappeared while being read (rotated away by a running train.py?); skipped")
+    identities = {name: baseline_identity(name, plan) for name in ['zero', *names]}
     todo = {}  # (variant, what) -> cache key
     for variant in variants:
         for name in ['zero', *names]:
-            todo[variant, name] = results.key(plan, variant, cfg, baseline_identity(name, plan))
+            todo[variant, name] = results.key(plan, variant, cfg, identities[name])
         for path, digest in digests.items():
             todo[variant, path] = results.key(plan, variant, cfg, dict(checkpoint=digest))
     # (ckpt.pt and its hard-linked step checkpoint are one key: computed once)
@@ -596,10 +596,8 @@ def draw(curves, res, path, title):
            ylim=(-0.05, 1.6))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format='png', dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    atomic_write(path, png.getvalue())  # a full disk leaves the old figure, not a 0-byte one
 
 
 def _suffixes(paths):

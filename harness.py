@@ -176,6 +176,14 @@ def save_checkpoint(run, state, keep_last, keep_every, good_step):
                         f"the last complete checkpoint {run.ckpt} (step {good_step}) is intact")
 
 
+def save_figure(fig, path, dpi=110):
+    """a matplotlib figure as a PNG through atomic_write: a full disk leaves the old figure, not an empty
+    one"""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=dpi)
+    atomic_write(path, buffer.getvalue())
+
+
 def truncate_metrics(path, step):
     """drop the rows past the resumed checkpoint, a half-written last line and malformed lines, so the resumed
     metrics equal an uninterrupted run's. Returns how many malformed lines were dropped."""

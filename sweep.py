@@ -46,7 +46,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import types
 
@@ -54,7 +53,7 @@ from tqdm import tqdm
 
 import configurator
 import train
-from harness import UserError, oneline, short
+from harness import UserError, atomic_write, oneline, save_figure, short
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value (a train.py key, --max_iters=1000, goes to every run instead)
@@ -572,20 +571,6 @@ def write_manifest(spec, runs):
     atomic_write(os.path.join(spec['out'], 'sweep.json'), json.dumps(doc, indent=1) + '\n')
 
 
-def atomic_write(path, text):
-    """a temporary file renamed over `path`: a killed sweep leaves the old manifest or the new one"""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix='.sweep.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # (mkstemp's files are private)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def sweep_command(spec, *extra):
     """the command line of this sweep (without --dry-run, --slurm, --cost), and `extra`"""
     modes = re.compile(r'--(dry[-_]run|slurm|cost)(=.*)?')
@@ -652,8 +637,7 @@ def write_sbatch(spec, runs):
               'fi',
               'exit "$code"']
     os.makedirs(spec['out'], exist_ok=True)
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+    atomic_write(path, '\n'.join(lines) + '\n')
     print(f"wrote {path} ({len(runs)} array tasks): sbatch {q(path)}")
 
 
@@ -953,8 +937,7 @@ def write_table(spec, runs, rows):
            f"Not finished: runs short of their max_iters, left out of the scores: {unfinished or 'none'}."]
     prefix = os.path.join(spec['out'], 'table')
     for ext, lines in (('.md', md), ('.csv', csv)):
-        with open(prefix + ext, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+        atomic_write(prefix + ext, '\n'.join(lines) + '\n')
     draw(spec, rows, prefix + '.png')
     print('\n'.join(md))
     print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
@@ -999,7 +982,7 @@ def draw(spec, rows, path):
         ax.set(xlabel='training step', ylabel='mean score over seeds', title='score by step')
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 # -----------------------------------------------------------------------------

@@ -38,9 +38,9 @@ from configurator import parse_value  # noqa: F401 -- (scripts reach it through 
 # the armour (checkpoints, the run directory and its lock, signals); launchers and tests reach
 # load_checkpoint, run_status and RUN_FILES through train too. (No str or number constant here: every such
 # global of this module is a config key)
-from harness import (RUN_FILES, RunDirectory, StopSignals, UserError, atomic_write,  # noqa: F401
-                     exit_finished_worker, git_rev, load_checkpoint, oneline, resume_checkpoint, run_status,
-                     save_checkpoint, serialize, short, step_checkpoints, truncate_metrics)
+from harness import (RUN_FILES, RunDirectory, StopSignals, UserError, exit_finished_worker,  # noqa: F401
+                     git_rev, load_checkpoint, oneline, resume_checkpoint, run_status, save_checkpoint, short,
+                     truncate_metrics)
 from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
 
 # -----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ step-N checkpoint instead of its last (needs evaluate.py --all_ckpts=True): arms
 of steps compared at equal steps; a run without that checkpoint is left out, and the table says so.
 """
 import glob
-import io
 import json
 import math
 import os
@@ -23,7 +22,8 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's root
-from harness import atomic_write  # noqa: E402 -- a full disk leaves the old table, never a part of one
+from harness import atomic_write, save_figure  # noqa: E402 -- a full disk leaves the old file, never a part
+from sweep import t95  # noqa: E402 -- Student's t, one table for the project
 
 OPTIONS = ('out', 'title', 'arms', 'positions', 'step')
 
@@ -32,8 +32,6 @@ def fail(message):  # bad input: one line, exit status 2, as train.py and evalua
     print(f'error: {message}', file=sys.stderr)
     sys.exit(2)
 
-# two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
 def arm_of(run):
@@ -58,7 +56,7 @@ def over_seeds(values):
     if n < 2:
         return mean, None
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return mean, t95(n - 1) * sd / math.sqrt(n)
 
 
 def load(patterns):
@@ -73,12 +71,6 @@ def load(patterns):
             fail(f'cannot read {path}: {e}')
         arms.setdefault(arm_of(res['run']), []).append(res)
     return arms
-
-
-def save_png(fig, path):
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=110)
-    atomic_write(path, buffer.getvalue())
 
 
 def at_step(arms, step):
@@ -134,7 +126,7 @@ def by_step(arms, path, title, ylabel):
     ax.set(xlabel='training step', ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_png(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -162,7 +154,7 @@ def curves(arms, positions, prefix, title):
     ax.set(xlabel='in-context examples', ylabel='squared error (mean over seeds)', title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save_png(fig, prefix + '_curves.png')
+    save_figure(fig, prefix + '_curves.png')
     plt.close(fig)
 
 
