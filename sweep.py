@@ -34,7 +34,6 @@ nothing written or started), 128 + N stopped by signal N (each run checkpointed:
 """
 import contextlib
 import ctypes
-import difflib
 import fcntl
 import fnmatch
 import itertools
@@ -190,9 +189,7 @@ def parse_option(key, raw):
 
 
 def unknown(key, where, known=None):
-    close = difflib.get_close_matches(key, known or train.DEFAULTS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ''
-    return UserError(f"unknown config key {short(key)} in {where}{hint}")
+    return configurator.unknown_key(key, where, known or train.DEFAULTS)
 
 
 def typed(key, value, where):
@@ -482,9 +479,7 @@ def check_eval_options(spec):
 
 def mismatch(cfg, saved):
     """the keys a resume from `saved` would change (run-control keys may differ)"""
-    free = set(train.RESUME_FREE)
-    if saved.get('lr_schedule') == 'cosine':
-        free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
+    free = train.resume_free(saved)
     return sorted(k for k in train.DEFAULTS
                   if k not in free and saved.get(k, train.DEFAULTS[k]) != cfg[k])
 

@@ -263,13 +263,19 @@ def icl_loss(pred, ys, task):
 # -----------------------------------------------------------------------------
 # the pieces of a run around the loop
 
+def resume_free(saved):
+    """the keys a resume of a run with config `saved` may change without changing what is trained"""
+    free = set(RESUME_FREE)
+    if saved.get('lr_schedule') == 'cosine':
+        free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
+    return free
+
+
 def resume_config(cfg, explicit, ckpt, where, world):
     """the config a resumed run continues with: the checkpoint's, plus the keys given now. Refuses a change of
     what is trained (model, data, optimizer keys, the number of processes) unless allow_config_change."""
     saved = {k: coerce(k, v, DEFAULTS[k], where) for k, v in ckpt['config'].items() if k in DEFAULTS}
-    free = set(RESUME_FREE)
-    if saved.get('lr_schedule') == 'cosine':
-        free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
+    free = resume_free(saved)
     changed = sorted(f"{k}: {short(saved.get(k))} -> {short(cfg[k])}"
                      for k in explicit - free if saved.get(k) != cfg[k])
     trained_world = ckpt.get('world_size')  # (checkpoints before it was recorded: unknown)
