@@ -23,14 +23,16 @@ mamba_ssm does; no gradient flows through the state.
 Backends, one contract (any strides in, u's dtype out, math in fp32, or fp64 for fp64 inputs):
 - "torch": pure PyTorch, the reference. An autograd.Function whose backward recomputes the states chunk
   by chunk from the states saved at chunk starts instead of storing the (b, d, l, n) tensor.
-- "cpu": a fused C++ loop, compiled on first use with the system's C++ compiler and cached; the same
-  recompute-from-chunk-starts backward, bitwise repeatable whatever the thread count.
+- "cpu": a fused C++ loop (ssm_scan_cpu.cpp; its build, cache and glue in ssm_scan_cpu.py), compiled on
+  first use with the system's C++ compiler and cached; the same recompute-from-chunk-starts backward,
+  bitwise repeatable whatever the thread count.
 - "triton": a handwritten Triton kernel pair, forward and backward, on CUDA tensors (CPU tensors under
   TRITON_INTERPRET=1, set before this module is imported: how the tests run it).
 - "auto": triton for CUDA tensors, cpu for CPU tensors; if that kernel cannot be built or launched, the
   torch backend, with one line on stderr saying why. SSM_SCAN_BACKEND=torch|cpu|triton overrides "auto".
 `selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle.
-`python ssm_scan.py` checks the kernels against the fp64 reference and prints a timing table.
+`python ssm_scan.py` (= `python bench.py --sections=check,scan`) checks the kernels against the fp64 reference,
+then times them.
 
 The backward, derived (every backend computes this). With g = dloss/dout and sigma the sigmoid:
     ybar[t] = g[t] * silu(z[t])                                  dloss/dy
@@ -46,21 +48,15 @@ recurrence, a[t] h[t-1] = h[t] - x[t]: the current state suffices, no shifted co
 trick of mamba's CUDA kernel). Only the states at chunk starts are saved in the forward; the backward
 re-runs each chunk's forward from its saved state, right to left, then the adjoint scan over it.
 """
-import ctypes
-import hashlib
 import importlib.util
 import os
-import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from ssm_scan_cpu import selective_scan_cpu
 
 # -----------------------------------------------------------------------------
 # input checks: what no backend can compute gets a ValueError naming the argument, not a wrong answer
@@ -105,6 +101,24 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None):
     for name in ("D", "delta_bias"):
         if args[name] is not None and _shape(args[name]) != (d,):
             fail(name, args[name], f"(d,) = ({d},)")
+
+
+def example_inputs(b, d, l, n, dtype=torch.float32, device="cpu", seed=0):
+    """seeded inputs in model.py's layout, leaves that require grad, and a gradient g for out: u, delta, z are
+    transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor. The global RNG is not touched.
+    What the probe, bench.py and the tests run the kernels on."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=gen).to(device)
+
+    def act():  # (b, l, d) -> (b, d, l) view
+        return r(b, l, d).to(dtype).transpose(1, 2)
+    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)  # (b, 2n, l)
+    # A, D, delta_bias stay fp32, as model.py's parameters under autocast
+    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
+             delta_bias=r(d) / 2)
+    return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
 
 # -----------------------------------------------------------------------------
 # pure-PyTorch reference
@@ -244,253 +258,6 @@ def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
-# fused CPU backend: the recurrence as C++ loops, built on first use and called through ctypes
-#
-# Layout: one thread per batch row (so the sums over channels for dB and dC have one writer each and a
-# fixed order), channels in blocks of 32 as the vector lanes, the 16 states as an outer loop. The decay
-# exp is a polynomial the compiler can vectorise (a libm call would not be); -fno-trapping-math lets it
-# if-convert the clamp. Flags that change numerics for the whole process (-ffast-math sets flush-to-zero
-# when the library loads) are deliberately not used. The library depends on no torch headers, so the
-# build is one compiler call of a second or two.
-
-# the C++ source: a real file beside this one, hashed by content into the cache key (an edit rebuilds)
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "ssm_scan_cpu.cpp")) as _f:
-    _CPU_SOURCE = _f.read()
-_CPU_CHUNK = 16      # K in the source: time steps between saved states
-_CPU_MAX_STATE = 64  # MAXN in the source
-
-
-class _Dims(ctypes.Structure):
-    _fields_ = [("b", ctypes.c_int64), ("d", ctypes.c_int64), ("l", ctypes.c_int64), ("n", ctypes.c_int64),
-                ("threads", ctypes.c_int64), ("softplus", ctypes.c_int64)]
-
-
-class _Rows(ctypes.Structure):  # a (b, l, d) tensor with unit stride over d
-    _fields_ = [("p", ctypes.c_void_p), ("sb", ctypes.c_int64), ("st", ctypes.c_int64)]
-
-
-class CPUBuildError(RuntimeError):
-    """the fused CPU scan could not be compiled or loaded here."""
-
-
-def _cpu_flags():
-    # vector ISA of this CPU, as torch detected it. AVX2 builds would crash on an older x86 CPU, so the cache
-    # file is named by the ISA: a shared cache never hands one machine another machine's build
-    isa = torch.backends.cpu.get_cpu_capability()
-    if isa.startswith("AVX2") or isa.startswith("AVX512"):
-        return "avx2", ["-mavx2", "-mfma"]
-    return "base", []
-
-
-def _cpu_cache_dir():
-    default = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "icl-hybrids")
-    return os.environ.get("SSM_SCAN_CACHE") or default
-
-
-_cpu_lib = None
-_cpu_lock = threading.Lock()
-
-
-def _cpu_digest(path):  # "size sha256" of a file's bytes, as written beside the library
-    with open(path, "rb") as f:
-        data = f.read()
-    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
-
-
-def _cpu_verified(path):
-    # a truncated or overwritten library would be mapped and die of SIGBUS: load only what matches its
-    # checksum
-    try:
-        with open(path + ".sha256") as f:
-            expected = f.read().strip()
-        return _cpu_digest(path) == expected
-    except OSError:
-        return False
-
-
-class _BuildLock:
-    """an exclusive lock on `path`.lock: one process builds, the others wait and find it built"""
-
-    def __init__(self, path):
-        self.path = path + ".lock"
-
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): builds are not serialized, the renames still are atomic
-            return self
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.fd)  # releases the lock
-
-
-def _cpu_build(compiler, flags, path):
-    """compile into a temporary directory of the cache, then rename the library and its checksum into place"""
-    if shutil.which(compiler[0]) is None:
-        raise CPUBuildError(f"no C++ compiler ({compiler[0]!r} not found; set CXX)")
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
-        src = os.path.join(tmp, "ssm_scan_cpu.cpp")
-        with open(src, "w") as f:
-            f.write(_CPU_SOURCE)
-        built = os.path.join(tmp, "lib.so")
-        r = subprocess.run([*compiler, *flags, src, "-o", built], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            last = (r.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            raise CPUBuildError(f"{shlex.join(compiler)} failed (exit {r.returncode}): {last}")
-        digest = os.path.join(tmp, "lib.sha256")
-        with open(digest, "w") as f:
-            f.write(_cpu_digest(built) + "\n")
-        # atomic: a reader never maps a half-written file; the library first, so a reader that sees the new
-        # checksum sees the new library (one that sees the old checksum waits on the lock and checks again)
-        os.replace(built, path)
-        os.replace(digest, path + ".sha256")
-
-
-def _cpu_library():
-    """the compiled library, built on first use into the cache (a changed source, flag set or CXX gets a new
-    file name, so it rebuilds; a file that does not match its checksum is rebuilt). Raises CPUBuildError with
-    the reason."""
-    global _cpu_lib
-    with _cpu_lock:
-        if _cpu_lib is not None:
-            return _cpu_lib
-        isa, isa_flags = _cpu_flags()
-        flags = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-fno-trapping-math",
-                 *isa_flags]
-        cxx = os.environ.get("CXX", "")
-        try:
-            compiler = shlex.split(cxx) or ["c++"]  # a command line, as build tools read it: 'ccache g++'
-        except ValueError as e:
-            raise CPUBuildError(f"CXX={cxx!r} is not a command line: {e}") from e
-        # the compiler command is in the key: its flags (-march=native) change the code
-        keyed = "\n".join([_CPU_SOURCE, " ".join(flags), shlex.join(compiler)])
-        key = hashlib.sha256(keyed.encode()).hexdigest()[:16]
-        path = os.path.join(_cpu_cache_dir(), f"ssm_scan_cpu-{key}-{isa}.so")
-        if not _cpu_verified(path):
-            damaged = os.path.exists(path)
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with _BuildLock(path):
-                    if not _cpu_verified(path):  # another process may have built it while this one waited
-                        _cpu_build(compiler, flags, path)
-            except (OSError, subprocess.SubprocessError, CPUBuildError) as e:
-                why = f"cannot build in {os.path.dirname(path)}: {e}"
-                if isinstance(e, CPUBuildError):
-                    why = str(e)
-                if damaged:  # name the file, which is what a user would delete
-                    why = f"{path} fails its checksum and cannot be rebuilt: {why}"
-                raise CPUBuildError(why) from e
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError as e:
-            raise CPUBuildError(f"cannot load {path}: {e}") from e
-        for suffix in ("f32", "f64"):
-            for name in ("forward", "backward", "sum_rows"):
-                getattr(lib, f"{name}_{suffix}").restype = None
-        _cpu_lib = lib
-        return lib
-
-
-def _ptr(t):
-    return ctypes.c_void_p(t.data_ptr())
-
-
-def _rows(x):
-    # a (b, d, l) tensor as the C code's Rows: its storage needs unit stride over d. model.py's delta and z
-    # are such views of (b, l, .) Linear outputs already (no copy); anything else is copied once, as
-    # (b, l, d)
-    if x.stride(1) != 1:
-        x = x.transpose(1, 2).contiguous().transpose(1, 2)
-    return x, _Rows(x.data_ptr(), x.stride(0), x.stride(2))
-
-
-def _absent():
-    return _Rows(None, 0, 0)
-
-
-def _vector_ptr(x):
-    return None if x is None else ctypes.c_void_p(x.data_ptr())
-
-
-class _ScanCPU(torch.autograd.Function):
-    """the whole of selective_scan in two C calls: bias and softplus, the recurrence, the D skip and the z
-    gate forward; all their gradients backward"""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, softplus):
-        lib = _cpu_library()
-        b, d, l = u.shape
-        n = A.shape[1]
-        acc = torch.promote_types(torch.float32, u.dtype)
-        ctx.dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, bias)]
-        u, u_rows = _rows(u.to(acc))
-        delta, delta_rows = _rows(delta.to(acc))
-        z, z_rows = (None, _absent()) if z is None else _rows(z.to(acc))
-        At = A.to(acc).t().contiguous()           # (n, d)
-        # (b, l, n): a view of model.py's x_proj output, no copy there
-        Bt = B.to(acc).transpose(1, 2).contiguous()
-        Ct = C.to(acc).transpose(1, 2).contiguous()
-        D = None if D is None else D.to(acc).contiguous()
-        bias = None if bias is None else bias.to(acc).contiguous()
-        out = u.new_empty(b, l, d)
-        states = u.new_empty(b, -(-l // _CPU_CHUNK), n, d)
-        last = u.new_empty(b, n, d)
-        dims = _Dims(b, d, l, n, torch.get_num_threads(), int(softplus))
-        entry = lib.forward_f64 if acc == torch.float64 else lib.forward_f32
-        entry(dims, u_rows, delta_rows, z_rows, _ptr(At), _ptr(Bt), _ptr(Ct), _vector_ptr(D),
-              _vector_ptr(bias), _ptr(out), _ptr(states), _ptr(last))
-        ctx.save_for_backward(u, delta, z, At, Bt, Ct, D, bias, states)
-        ctx.softplus = softplus
-        last = last.transpose(1, 2)  # (b, d, n)
-        ctx.mark_non_differentiable(last)
-        return out.transpose(1, 2).to(ctx.dtypes[0]), last
-
-    @staticmethod
-    def backward(ctx, gout, _glast):
-        u, delta, z, At, Bt, Ct, D, bias, states = ctx.saved_tensors
-        lib = _cpu_library()
-        b, d, l = u.shape
-        n = At.shape[0]
-        g, g_rows = _rows(gout.to(u.dtype))
-        z_rows = _absent() if z is None else _Rows(z.data_ptr(), z.stride(0), z.stride(2))
-        du = u.new_empty(b, l, d)
-        ddelta = u.new_empty(b, l, d)
-        dz = u.new_empty(b, l, d) if z is not None else u.new_empty(1)
-        parts = u.new_empty(b, n + 2, d)  # per batch row: dA | dD | dbias
-        sums = u.new_empty(n + 2, d)
-        dB = u.new_zeros(b, l, n)
-        dC = u.new_zeros(b, l, n)
-        dims = _Dims(b, d, l, n, torch.get_num_threads(), int(ctx.softplus))
-        f64 = u.dtype == torch.float64
-        entry = lib.backward_f64 if f64 else lib.backward_f32
-        entry(dims, _Rows(u.data_ptr(), u.stride(0), u.stride(2)),
-              _Rows(delta.data_ptr(), delta.stride(0), delta.stride(2)), z_rows, g_rows, _ptr(At), _ptr(Bt),
-              _ptr(Ct), _vector_ptr(D), _vector_ptr(bias), _ptr(states), _ptr(du), _ptr(ddelta), _ptr(dz),
-              _ptr(parts), _ptr(dB), _ptr(dC))
-        (lib.sum_rows_f64 if f64 else lib.sum_rows_f32)(ctypes.c_int64(b), ctypes.c_int64((n + 2) * d),
-                                                        _ptr(parts), _ptr(sums))
-        du_t, ddelta_t, dA_t, dB_t, dC_t, dD_t, dz_t, dbias_t = ctx.dtypes
-        grads = (du.transpose(1, 2).to(du_t), ddelta.transpose(1, 2).to(ddelta_t), sums[:n].t().to(dA_t),
-                 dB.transpose(1, 2).to(dB_t), dC.transpose(1, 2).to(dC_t),
-                 None if D is None else sums[n].to(dD_t), None if z is None else dz.transpose(1, 2).to(dz_t),
-                 None if bias is None else sums[n + 1].to(dbias_t))
-        return *grads, None
-
-
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
-    """The fused CPU backend (CPU tensors). Raises CPUBuildError if it cannot be built here."""
-    if u.device.type != "cpu":
-        raise ValueError(f"the cpu backend takes CPU tensors, got {u.device}")
-    if A.shape[1] > _CPU_MAX_STATE:
-        raise ValueError(f"the cpu backend supports d_state <= {_CPU_MAX_STATE}, got {A.shape[1]}")
-    out, last = _ScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    return (out, last) if return_last_state else out
-
-# -----------------------------------------------------------------------------
 # Triton kernels: a forward and a backward
 #
 # The tiling (docs/scan.md §2). One program owns a batch row and a block of BD channels, all NP states of
@@ -508,8 +275,6 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 # L a runtime int (not specialised): the curriculum's changing lengths reuse one compiled kernel. Core tl.*
 # math only: libdevice fails in the interpreter.
 
-if __name__ == "__main__" and not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # `python ssm_scan.py` without a GPU: use the interpreter
 # optional: CPU users train with the other backends
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
@@ -818,14 +583,7 @@ def _fall_back(kernel, error):
 def _probe(kernel, device, dtype):
     """run `kernel` forward and backward once on a tiny input in model.py's layout; False (and one line on
     stderr) if it cannot be built, compiled or launched here. Deterministic inputs: the RNG is not touched."""
-    b, d, l, n = 2, 4, 5, 2
-    act = torch.linspace(-1.0, 1.0, b * l * d, device=device).reshape(b, l, d).to(dtype)
-    x = dict(u=act.transpose(1, 2), delta=(act / 2 - 1).transpose(1, 2), z=act.flip(-1).transpose(1, 2),
-             A=-torch.linspace(0.5, 2.0, d * n, device=device).reshape(d, n).to(dtype),
-             B=act[..., :n].transpose(1, 2), C=act[..., -n:].transpose(1, 2),
-             D=torch.ones(d, device=device, dtype=dtype),
-             delta_bias=torch.zeros(d, device=device, dtype=dtype))
-    x = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    x, _ = example_inputs(2, 4, 5, 2, dtype, device)
     fn = selective_scan_cpu if kernel == "cpu" else selective_scan_triton
     try:
         # (the first call may come from inside the compiled custom op, where plain torch ops record no graph:
@@ -940,111 +698,7 @@ def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, dete
         return selective_scan_cpu(*args)
     return selective_scan_triton(*args, deterministic=deterministic)
 
-# -----------------------------------------------------------------------------
-# `python ssm_scan.py`: the kernels vs the fp64 reference (output and every grad), then a Markdown timing
-# table
 
-def _case(b, d, l, n, dtype, device, seed=0):
-    # model.py's layout: u, delta, z transposed (b, l, d) activations; B, C slices of one (b, l, 2n) tensor
-    gen = torch.Generator().manual_seed(seed)
-
-    def r(*s):
-        return torch.randn(*s, generator=gen).to(device)
-
-    def act():
-        return r(b, l, d).to(dtype).transpose(1, 2)
-    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)
-    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
-             delta_bias=r(d) / 2)
-    return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
-
-
-def _run(fn, x, g, **kw):  # [out, grads of every input]
-    out = fn(**x, **{"delta_softplus": True, **kw})
-    return [out, *torch.autograd.grad(out, list(x.values()), g)]
-
-
-def bench(fn, x, g, reps):
-    """[fwd ms, GB/s, fwd+bwd ms, GB/s, activation MB, peak MB]: ms are medians of reps calls (wall clock
-    around a device sync, ~10 us included), GB/s uses the minimal traffic of a fused kernel (docs/scan.md),
-    MB held from forward to backward and at peak (CUDA only)"""
-    res, (b, d, l), n, e = [], g.shape, x["A"].shape[1], g.element_size()
-    # bytes
-    traffic = [e * (4 * b * d * l + 2 * b * n * l), e * (11 * b * d * l + 4 * b * n * l) + 8 * b * n * l]
-    sync = torch.cuda.synchronize if g.is_cuda else (lambda: None)
-    steps = (lambda: fn(**x, delta_softplus=True), lambda: _run(fn, x, g))
-    for step, nbytes in zip(steps, traffic):
-        ts = []
-        for _ in range(reps + 3):  # 3 warm-up calls
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            ts.append(1e3 * (time.perf_counter() - t0))
-        median = sorted(ts[3:])[reps // 2]
-        res += [median, nbytes / median / 1e6]
-    if g.is_cuda:
-        sync()
-        m0 = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = fn(**x, delta_softplus=True)
-        res.append((torch.cuda.memory_allocated() - m0) / 2**20)
-        torch.autograd.grad(out, list(x.values()), g)
-        res.append((torch.cuda.max_memory_allocated() - m0) / 2**20)
-    return res + [float("nan")] * (6 - len(res))
-
-
-def _check_table(kernels, shape, dev):
-    # each kernel against the fp64 torch reference: max error over max |reference|, per output
-    print(f"| {shape} max err / max ref | out | du | ddelta | dA | dB | dC | dD | dz | ddelta_bias |")
-    print("|---" * 10 + "|")
-    for name, fn, cases in kernels:
-        for dtype, det in cases:
-            x, g = _case(*shape, dtype, dev)
-            x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
-            ref = _run(selective_scan_torch, x64, g.double())
-            got = _run(fn, x, g, **({"deterministic": True} if det else {}))
-            err = [(a.double() - r).abs().max() / r.abs().max() for a, r in zip(got, ref)]
-            label = f"{name} {str(dtype)[6:]}{' deterministic' if det else ''}"
-            print(f"| {label} | " + " | ".join(f"{v:.1e}" for v in err) + " |")
-
-
-if __name__ == "__main__":
-    cuda = torch.cuda.is_available() and HAS_TRITON and not INTERPRET
-    triton_version = triton.__version__ if HAS_TRITON else "-"
-    where = torch.cuda.get_device_name() if cuda else (
-        "NO CUDA GPU: Triton timings NOT measured; the Triton kernel runs in the interpreter at a tiny shape")
-    print(f"torch {torch.__version__}, triton {triton_version}, {torch.get_num_threads()} CPU threads, "
-          f"{where}\n")
-    fp32_bf16 = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
-    triton_check = [("triton", selective_scan_triton, fp32_bf16)] if HAS_TRITON else []
-    if cuda:
-        _check_table(triton_check, (64, 512, 202, 16), "cuda")
-    else:
-        _check_table(triton_check, (1, 5, 37, 2), "cpu")
-        print()
-        cpu_cases = [(torch.float32, False), (torch.float64, False), (torch.bfloat16, False)]
-        _check_table([("cpu", selective_scan_cpu, cpu_cases)], (4, 70, 90, 16), "cpu")
-    if cuda:
-        fns = dict(triton=(selective_scan_triton, 50), torch=(selective_scan_torch, 50),
-                   naive=(selective_scan_naive, 5))
-        try:
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-            fns["mamba_ssm"] = (selective_scan_fn, 50)
-        except Exception as e:  # expected without a CUDA build of mamba-ssm
-            print(f"\nmamba_ssm: no comparison ({type(e).__name__}: {e})")
-        rows = [(64, d, l, dt) for d in (1024, 512) for dt in (torch.float32, torch.bfloat16)
-                for l in (82, 202, 282)]
-    else:  # the study's small Mamba (E 64, 22 tokens) and the paper's (E 256, 82 tokens), fp32
-        fns = dict(torch=(selective_scan_torch, 5), cpu=(selective_scan_cpu, 5))
-        rows = [(64, 256, 22, torch.float32), (64, 1024, 82, torch.float32)]
-    dev = "cuda" if cuda else "cpu"
-    print("\n| b | d | L | dtype | backend | reps | fwd ms | fwd GB/s | fwd+bwd ms | fwd+bwd GB/s | "
-          "act MB | peak MB | fwd+bwd speedup vs torch |\n" + "|---" * 13 + "|")
-    for b, d, l, dtype in rows:
-        x, g = _case(b, d, l, 16, dtype, dev)
-        timings = {k: bench(fn, x, g, reps) for k, (fn, reps) in fns.items()}
-        for k, r in timings.items():
-            cells = " | ".join(f"{v:.3g}" for v in r)
-            print(f"| {b} | {d} | {l} | {str(dtype)[6:]} | {k} | {fns[k][1]} | {cells} | "
-                  f"{timings['torch'][2] / r[2]:.1f}x |", flush=True)
+if __name__ == "__main__":  # `python ssm_scan.py`: bench.py's check of every kernel, then its timing table
+    bench_py = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
+    os.execv(sys.executable, [sys.executable, bench_py, "--sections=check,scan", *sys.argv[1:]])

@@ -23,6 +23,7 @@ import configurator
 import evaluate
 import model
 import ssm_scan
+import ssm_scan_cpu
 import tasks
 import train
 from conftest import ROOT, TINY, fake_run, metrics, one_error_line, python, run_train, same_tensors, state
@@ -229,7 +230,7 @@ def test_cpu_scan_is_bitwise_repeatable_whatever_the_thread_count():
 
 def _fresh_cpu_build(monkeypatch, tmp_path):
     monkeypatch.setenv("SSM_SCAN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ssm_scan, "_cpu_lib", None)
+    monkeypatch.setattr(ssm_scan_cpu, "_cpu_lib", None)
     monkeypatch.setattr(ssm_scan, "_fallback_reason", {})
     monkeypatch.setattr(ssm_scan, "_probed", set())
 
@@ -244,10 +245,10 @@ def test_cpu_scan_falls_back_to_torch_when_it_cannot_be_built(monkeypatch, tmp_p
     assert len(err) == 1 and "the cpu scan failed" in err[0] and "no-such-compiler" in err[0] and "torch" in err[0]
     selective_scan(**x)  # said once
     assert capsys.readouterr().err == "" and ssm_scan.resolve_backend("auto", torch.device("cpu")) == "torch"
-    with pytest.raises(ssm_scan.CPUBuildError, match="not found"):  # asked for by name: no silent fallback
+    with pytest.raises(ssm_scan_cpu.CPUBuildError, match="not found"):  # asked for by name: no silent fallback
         selective_scan(**x, backend="cpu")
     monkeypatch.setenv("CXX", "false")  # a compiler that exists and fails
-    with pytest.raises(ssm_scan.CPUBuildError, match="failed"):
+    with pytest.raises(ssm_scan_cpu.CPUBuildError, match="failed"):
         selective_scan(**x, backend="cpu")
 
 
@@ -255,17 +256,17 @@ def test_cpu_scan_falls_back_to_torch_when_it_cannot_be_built(monkeypatch, tmp_p
 def test_cpu_scan_build_is_cached_and_a_changed_source_rebuilds(monkeypatch, tmp_path):
     _fresh_cpu_build(monkeypatch, tmp_path)
     libraries = lambda: sorted(f for f in os.listdir(tmp_path / "cache") if f.endswith(".so"))  # noqa: E731
-    ssm_scan._cpu_library()
+    ssm_scan_cpu._cpu_library()
     first = sorted(os.listdir(tmp_path / "cache"))  # the library, its checksum and its build lock
-    monkeypatch.setattr(ssm_scan, "_cpu_lib", None)
-    ssm_scan._cpu_library()  # the same source: the cached library, no new file
+    monkeypatch.setattr(ssm_scan_cpu, "_cpu_lib", None)
+    ssm_scan_cpu._cpu_library()  # the same source: the cached library, no new file
     assert sorted(os.listdir(tmp_path / "cache")) == first and len(libraries()) == 1
     first = libraries()
-    isa = ssm_scan._cpu_flags()[0]
+    isa = ssm_scan_cpu._cpu_flags()[0]
     assert first[0].endswith(f"-{isa}.so")  # named by the vector ISA it was compiled for
-    monkeypatch.setattr(ssm_scan, "_cpu_lib", None)
-    monkeypatch.setattr(ssm_scan, "_CPU_SOURCE", ssm_scan._CPU_SOURCE + "\n// changed\n")
-    ssm_scan._cpu_library()
+    monkeypatch.setattr(ssm_scan_cpu, "_cpu_lib", None)
+    monkeypatch.setattr(ssm_scan_cpu, "_CPU_SOURCE", ssm_scan_cpu._CPU_SOURCE + "\n// changed\n")
+    ssm_scan_cpu._cpu_library()
     assert len(libraries()) == 2
 
 # -----------------------------------------------------------------------------
@@ -301,8 +302,8 @@ def tiny_tiles(monkeypatch):
 
 
 def triton_inputs(b=2, d=3, l=13, n=4, dtype=torch.float32, layout="bld", drop=(), delta_shift=None):
-    # ssm_scan._case: u, delta, z transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor
-    x, g = ssm_scan._case(b, d, l, n, dtype, "cpu")
+    # u, delta, z transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor
+    x, g = ssm_scan.example_inputs(b, d, l, n, dtype, "cpu")
     x = {k: v.detach().to(torch.float64) if dtype == torch.float64 else v.detach() for k, v in x.items()
          if k not in drop}
     if layout == "bdl":  # time-contiguous (b, d, l) tensors

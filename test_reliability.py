@@ -22,6 +22,7 @@ import torch
 
 import harness
 import ssm_scan
+import ssm_scan_cpu
 import train
 from conftest import (ENV, ROOT, TINY, default_signals, fake_run, metrics, one_error_line, python, run_train,
                       same_tensors, state)
@@ -1035,7 +1036,7 @@ MAMBA = ["--layer_pattern=M", "--ffn=none", "--pos=none", "--norm=rmsnorm", "--n
 FALLBACK = "using the torch backend"
 # the cpu backend against the torch one in a fresh process; prints the file name of the library it loaded
 SCAN_CHECK = """
-import os, torch, ssm_scan
+import os, torch, ssm_scan, ssm_scan_cpu
 g = torch.Generator().manual_seed(0)
 u, delta, z = (torch.randn(2, 8, 20, generator=g) for _ in range(3))
 B, C = (torch.randn(2, 4, 20, generator=g) for _ in range(2))
@@ -1044,7 +1045,7 @@ A = -torch.rand(8, 4, generator=g) - 0.5
 out = ssm_scan.selective_scan(u, delta, A, B, C, **kw, backend="cpu")
 ref = ssm_scan.selective_scan(u, delta, A, B, C, **kw, backend="torch")
 assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
-print(os.path.basename(ssm_scan._cpu_library()._name))
+print(os.path.basename(ssm_scan_cpu._cpu_library()._name))
 """
 
 
@@ -1133,14 +1134,14 @@ def test_cxx_is_a_command_line_and_part_of_the_cache_key(tmp_path):
 
 def test_cxx_whose_first_word_is_missing_is_named_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("SSM_SCAN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ssm_scan, "_cpu_lib", None)
+    monkeypatch.setattr(ssm_scan_cpu, "_cpu_lib", None)
     monkeypatch.setenv("CXX", "no-such-cxx -O2")
-    with pytest.raises(ssm_scan.CPUBuildError) as e:
-        ssm_scan._cpu_library()
+    with pytest.raises(ssm_scan_cpu.CPUBuildError) as e:
+        ssm_scan_cpu._cpu_library()
     assert str(e.value) == "no C++ compiler ('no-such-cxx' not found; set CXX)"
     monkeypatch.setenv("CXX", "c++ '-O2")
-    with pytest.raises(ssm_scan.CPUBuildError, match="not a command line") as e:
-        ssm_scan._cpu_library()
+    with pytest.raises(ssm_scan_cpu.CPUBuildError, match="not a command line") as e:
+        ssm_scan_cpu._cpu_library()
     assert len(str(e.value).splitlines()) == 1
 
 
