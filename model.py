@@ -57,6 +57,7 @@ NORMS = {
 }
 POSITIONS = ("learned", "rope", "none")
 ATTNS = ("gpt2", "llama")  # gpt2: biased fused qkv and proj | llama: no biases
+MAMBA_INITS = ("gpt2", "mamba")  # init_mamba's two rules
 
 # -----------------------------------------------------------------------------
 # attention
@@ -218,9 +219,25 @@ def _mamba_dynamics(mod, dt_init):
     nn.init.ones_(mod.D)
 
 
+def _mamba_anchor_init(mod, cfg, dt_init=True):
+    # what mamba_ssm and HF's MambaModel do: PyTorch-default linears (in_proj, x_proj, out_proj carry no bias;
+    # dt_proj's is set by the dt init), out_proj then / sqrt(n_layer); without dt_init (a Mamba block built
+    # outside HF in the reference's hybrid engine) PyTorch defaults throughout, out_proj unscaled
+    for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
+        linear.reset_parameters()
+    mod.conv1d.reset_parameters()
+    if dt_init:
+        mod.out_proj.weight /= math.sqrt(cfg.n_layer)
+    _mamba_dynamics(mod, dt_init=dt_init)
+
+
 def init_mamba(mod, cfg, out_std=None):
-    """clean rule: linears N(0, 0.02) (out_proj then N(0, 0.02 / sqrt(2 n_layer)), or out_std), conv1d PyTorch
-    default, Mamba's dt, A and D init."""
+    """clean rule, by cfg.mamba_init: 'mamba' is mamba_ssm's (and HF's) init; 'gpt2' gives the linears GPT-2's
+    N(0, 0.02) (out_proj N(0, 0.02 / sqrt(2 n_layer)), or out_std), conv1d PyTorch default, Mamba's dt, A and
+    D init."""
+    if cfg.mamba_init == "mamba":
+        _mamba_anchor_init(mod, cfg)
+        return
     for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
         _normal(linear, STD)
     mod.conv1d.reset_parameters()
@@ -229,20 +246,14 @@ def init_mamba(mod, cfg, out_std=None):
 
 
 def init_mamba_reference(mod, cfg, family):
-    """reference rule: HF MambaModel (pure Mamba: part mamba_init) keeps PyTorch-default linears with its dt
-    init and out_proj / sqrt(n_layer); a Mamba block inside the hybrid engine (part torch_init) keeps
-    PyTorch defaults throughout (no dt init); with neither, the clean rule (out_proj unscaled with
-    residual_scale)."""
+    """reference rule: HF MambaModel (pure Mamba: part mamba_init) is mamba_ssm's init; a Mamba block inside
+    the hybrid engine (part torch_init) keeps PyTorch defaults throughout (no dt init); with neither, the
+    clean rule (out_proj unscaled with residual_scale)."""
     parts = quirk_parts(cfg)
     if not {"torch_init", "mamba_init"} & parts:
         init_mamba(mod, cfg, out_std=STD if "residual_scale" in parts else None)
         return
-    for linear in (mod.in_proj, mod.x_proj, mod.out_proj, mod.dt_proj):
-        linear.reset_parameters()
-    mod.conv1d.reset_parameters()
-    if "torch_init" not in parts:
-        mod.out_proj.weight /= math.sqrt(cfg.n_layer)
-    _mamba_dynamics(mod, dt_init="torch_init" not in parts)
+    _mamba_anchor_init(mod, cfg, dt_init="torch_init" not in parts)
 
 # -----------------------------------------------------------------------------
 # the tables: what each letter of layer_pattern and each ffn name builds
@@ -300,13 +311,14 @@ class ModelConfig:
     expand: int = 4             # the paper uses 4 "to give similar parameter counts" (Mamba's default is 2)
     dt_rank: int = 0            # 0 -> ceil(C / 16)
     scan_backend: str = "auto"  # ssm_scan backend: auto | torch | cpu | triton
+    mamba_init: str = "gpt2"    # Mamba mixers' init: gpt2 (N(0, 0.02) linears) | mamba (mamba_ssm's and HF's)
     # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4): True (what the
     # reference does for this architecture) or a comma list of QUIRK_PARTS
     reference_quirks: Union[bool, str] = False
 
     def __post_init__(self):
         choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS),
-                   ("scan_backend", BACKENDS))
+                   ("scan_backend", BACKENDS), ("mamba_init", MAMBA_INITS))
         for key, allowed in choices:
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")

@@ -21,6 +21,9 @@ A spec file is plain Python assignments (helpers and names starting with _ are n
     evaluate = dict(n_prompts=6400)              # evaluate.py options (a list: several calls, the first
                                                  # one scores the table; None: no evaluation)
     reference = 'ln'                             # the arm the differences are taken from (default: the first)
+    compare = [('rms', 'ln')]                    # the comparisons, (arm, minus arm) each (default: every arm
+                                                 # against the reference)
+    margin = 0.05                                # the equivalence margin of the verdicts (below the table)
     fail_below = 0.1                             # a run scoring below this failed to learn
     sbatch = dict(time='48:00:00', gres='gpu:1')  # #SBATCH lines of --slurm (None drops one)
 Positional files that set none of these are train.py config files (added after the spec's); --key=value
@@ -66,6 +69,7 @@ jobs = 0                     # runs at once; 0 = one per GPU on a GPU machine, e
 threads = 0                  # OMP_NUM_THREADS of each run; 0 = the CPU cores / jobs
 evaluate = True              # evaluate the finished runs and write the table (--evaluate.KEY=VALUE: options)
 fail_below = 0.1             # a run scoring below this failed to learn (counted per arm, kept in the mean)
+margin = 0.05                # a difference whose 95% CI lies within +-margin is "level" (the verdict rule)
 dry_run = False              # list the runs, where each stands and its command; write and start nothing
 slurm = False                # write <out>/sweep.sbatch, a SLURM array of one task per run; start nothing
 cost = False                 # the projected GPU-hours of each run's max_iters, from the steps/s it logged
@@ -75,7 +79,7 @@ OPTIONS = {k: v for k, v in globals().items() if not k.startswith('_') and type(
 FLAGS = dict(dry_run=True, slurm=True, cost=True, eval_only=True)  # options that may be given bare (--slurm)
 # the names a spec file may set (a file that sets any of them is a spec, not a config)
 SPEC_KEYS = ('configs', 'overrides', 'arms', 'vary', 'seeds', 'out', 'run_dir', 'evaluate', 'reference',
-             'fail_below', 'sbatch')
+             'compare', 'margin', 'fail_below', 'sbatch')
 # train.py keys the sweep sets itself
 OWN_KEYS = ('out_dir', 'resume')
 SBATCH = dict(job_name='sweep', time='48:00:00', gres='gpu:1', cpus_per_task=4)
@@ -371,23 +375,36 @@ def load_spec(argv):
     given = opts['given']
     setting = {k: opts[k] if k in given else ns.get(name, OPTIONS[k])
                for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference'),
-                               ('fail_below', 'fail_below'))}
+                               ('fail_below', 'fail_below'), ('margin', 'margin'))}
     for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference')):
         if type(setting[k]) is not str:
             raise UserError(f"{where}: {name} must be text, got {short(setting[k])}")
-    if type(setting['fail_below']) not in (int, float):
-        raise UserError(f"{where}: fail_below must be a number, got {short(setting['fail_below'])}")
+    for k in ('fail_below', 'margin'):
+        if type(setting[k]) not in (int, float) or not math.isfinite(setting[k]):
+            raise UserError(f"{where}: {k} must be a number, got {short(setting[k])}")
+    if setting['margin'] <= 0:
+        raise UserError(f"{where}: margin must be positive, got {short(setting['margin'])}")
     sbatch = ns.get('sbatch', {})
     if type(sbatch) is not dict:
         raise UserError(f"{where}: sbatch must be a dict of #SBATCH options, got {short(sbatch)}")
     spec = dict(path=spec_path, configs=base, overrides=glob_overrides, arms=arms, evaluate=evals,
                 out=setting['out'], run_dir=setting['run_dir'], reference=setting['ref'] or next(iter(arms)),
-                fail_below=float(setting['fail_below']), sbatch=dict(SBATCH, **sbatch), opts=opts,
-                argv=list(argv))
+                fail_below=float(setting['fail_below']), margin=float(setting['margin']),
+                compare=ns.get('compare'), sbatch=dict(SBATCH, **sbatch), opts=opts, argv=list(argv))
     if not spec['out']:
         raise UserError("no --out: give the sweep's directory (--out=DIR, or `out = ...` in a spec)")
     if spec['reference'] not in arms:
         raise UserError(f"reference arm {short(spec['reference'])} is not an arm ({', '.join(arms)})")
+    pairs = spec['compare']
+    if pairs is not None:
+        if type(pairs) not in (list, tuple) or not pairs or not all(
+                type(p) in (list, tuple) and len(p) == 2 and all(type(a) is str for a in p) for p in pairs):
+            raise UserError(f"{where}: compare must be a list of (arm, arm) pairs, got {short(pairs)}")
+        for a, b in pairs:
+            if a not in arms or b not in arms or a == b:
+                raise UserError(f"{where}: compare ({a!r}, {b!r}) must name two different arms "
+                                f"({', '.join(arms)})")
+        spec['compare'] = [tuple(p) for p in pairs]
     return spec
 
 

@@ -41,7 +41,7 @@ from configurator import parse_value  # noqa: F401 -- (scripts reach it through 
 from harness import (RUN_FILES, RunDirectory, StopSignals, UserError, exit_finished_worker,  # noqa: F401
                      git_rev, load_checkpoint, oneline, resume_checkpoint, run_status, save_checkpoint, short,
                      truncate_metrics)
-from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS
+from model import ICLModel, InitRuleError, ModelConfig, NORMS, POSITIONS, ATTNS, FFNS, MAMBA_INITS
 
 # -----------------------------------------------------------------------------
 # default config values: a small GPT-2 on 5-d linear regression that learns in a few CPU minutes
@@ -91,6 +91,7 @@ d_conv = 4                   # Mamba's causal conv width
 expand = 4                   # Mamba width = expand * n_embd; 4 as the paper (sizes like the transformers')
 dt_rank = 0                  # Mamba dt projection rank; 0 -> ceil(n_embd / 16)
 scan_backend = 'auto'        # ssm_scan.selective_scan backend: auto | torch | cpu | triton
+mamba_init = 'gpt2'          # Mamba mixers' init: gpt2 (N(0, 0.02) linears) | mamba (mamba_ssm's and HF's)
 reference_quirks = False     # the reference package's init and doubling (docs/paper.md §3.4), or some parts
 # optimizer: Adam as in the paper (no decay, no schedule, no clipping unless asked)
 batch_size = 64              # prompts per optimizer step, summed over all processes
@@ -116,7 +117,8 @@ DEFAULTS = configurator.defaults_of(globals())
 # the tables themselves (not copies): a task or FFN added to tasks.TASKS or model.FFNS is a valid name at once
 CHOICES = dict(task=tasks.TASKS, norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS,
                lr_schedule=('constant', 'cosine'), dtype=('float32', 'bfloat16'),
-               scan_backend=ssm_scan.BACKENDS, compile_mode=('default', 'reduce-overhead', 'max-autotune'))
+               scan_backend=ssm_scan.BACKENDS, mamba_init=MAMBA_INITS,
+               compile_mode=('default', 'reduce-overhead', 'max-autotune'))
 # number keys that must be >= 1 (POSITIVE) or >= 0 (NONNEG); ints <= 2**62 (tensor sizes) or their UPPER bound
 POSITIVE = '''batch_size n_dims n_points n_layer n_embd n_head n_positions d_state d_conv expand ckpt_interval
     keep_last eval_interval eval_batches log_interval curriculum_interval curriculum_dims_start

@@ -8,6 +8,8 @@
 #     bash results/study.sh part2      # experiments 6-9 (RESULTS.md part 2): train, evaluate
 #     bash results/study.sh part2 eval # evaluate part 2 only (whichever of its runs exist)
 #     bash results/study.sh part2 eval tree   # one experiment of part 2: sparse, tree, mlp or rest
+#     bash results/study.sh part3      # experiments 12-15 (RESULTS.md part 3): train, then each spec's table
+#     bash results/study.sh part3 eval # the tables of part 3 only (whichever of its runs exist)
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are
 # skipped (sweep.py); a sweep with a failed run ends the script after its report. Each run's log is
 # out/study/<run>/log.txt (and its output train.out); python sweep.py configs/study/<experiment>.py --dry-run
@@ -175,6 +177,17 @@ if [ "${1:-}" = part2 ]; then
         train sparse tree mlp linear_part2   # in the order RESULTS.md part 2 needs them most
     fi
     part2_eval "${3:-all}"
+    exit
+fi
+if [ "${1:-}" = part3 ]; then
+    # the tree experiments first (the cheapest), the Mamba inits, then sparse linear
+    part3=(tree_init tree_level mamba_init sparse_init)
+    if [ "${2:-}" != eval ]; then
+        train tree_init tree_level mamba_init sparse_init
+    fi
+    for experiment in "${part3[@]}"; do  # each spec's table: per-arm scores, comparisons, verdicts
+        python sweep.py "configs/study/$experiment.py" --eval-only
+    done
     exit
 fi
 if [ "${1:-}" = followups ]; then
