@@ -147,6 +147,55 @@ def difference(a, b):
     mean = sum(a.values()) / len(a) - sum(b.values()) / len(b)
     return dict(mean=mean, lo=None, hi=None, n=min(len(a), len(b)), df=None, test='one seed: no CI')
 
+
+def verdict(d, margin):
+    """the one rule every comparison is read by, from the difference's 95% CI: 'different' when it excludes 0,
+    'level' when it lies within +-margin, 'undecided' otherwise (more seeds may decide it)"""
+    if d is None or d['lo'] is None:
+        return 'no CI (one seed)'
+    if d['lo'] > 0 or d['hi'] < 0:
+        return 'different'
+    if -margin <= d['lo'] and d['hi'] <= margin:
+        return 'level'
+    return 'undecided'
+
+
+def _binomial_tail(k, n, p):  # P(X >= k) for X ~ Binomial(n, p)
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def rate_ci(k, n):
+    """the exact (Clopper-Pearson) 95% interval of a rate from k events in n trials, by bisection: 0 of 3
+    allows up to 0.708, 0 of 5 up to 0.522"""
+    def solve(f):  # the p in [0, 1] where the increasing function f crosses 0
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+        return (lo + hi) / 2
+    low = 0.0 if k == 0 else solve(lambda p: _binomial_tail(k, n, p) - 0.025)
+    high = 1.0 if k == n else solve(lambda p: 0.025 - (1 - _binomial_tail(k + 1, n, p)))
+    return low, high
+
+
+def trend(curves, last=3):
+    """the slope of the score over each run's last `last` scored checkpoints (least squares, per 1,000 steps),
+    mean over runs with its 95% CI: 'rising' / 'falling' when the CI excludes 0, else 'flat'; None without two
+    runs of `last` checkpoints each"""
+    slopes = []
+    for curve in curves:
+        pts = [(step / 1000, v) for step, v in curve if v is not None][-last:]
+        if len(pts) < last:
+            continue
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        slopes.append(sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts))
+    if len(slopes) < 2:
+        return None
+    ci = mean_ci(slopes)
+    word = 'rising' if ci['lo'] > 0 else 'falling' if ci['hi'] < 0 else 'flat'
+    return dict(ci, word=word)
+
 # -----------------------------------------------------------------------------
 # the command line and the spec, all checked before anything is written
 
@@ -577,7 +626,8 @@ def write_manifest(spec, runs):
     doc = dict(identity=identity(spec), command=shlex.join(['python', 'sweep.py', *spec['argv']]),
                spec=dict(path=spec['path'], configs=spec['configs'], overrides=dict(spec['overrides']),
                          arms=arms, run_dir=spec['run_dir'], evaluate=spec['evaluate'],
-                         reference=spec['reference'], fail_below=spec['fail_below']),
+                         reference=spec['reference'], compare=spec['compare'], margin=spec['margin'],
+                         fail_below=spec['fail_below']),
                runs=entries)
     os.makedirs(spec['out'], exist_ok=True)
     atomic_write(os.path.join(spec['out'], 'sweep.json'), json.dumps(doc, indent=1) + '\n')
@@ -868,70 +918,98 @@ def score_runs(spec, runs):
 
 
 def summarize(spec, runs):
-    """one row per arm: its scores by seed, mean and CI, failures to learn, unfinished runs, the difference
-    from the reference arm"""
-    rows = []
+    """(arms, comparisons): per arm its scores by seed, mean and CI, failures to learn with the rate's interval,
+    the mean of the runs that learned, the trend over its last checkpoints, unfinished runs; per comparison
+    (the spec's compare, else every arm against the reference) the difference, its CI and the verdict"""
+    rows = {}
     for name in spec['arms']:
         mine = [r for r in runs if r['arm'] == name]
         scored = {r['seed']: r['score'] for r in mine if r.get('score') is not None}
-        row = dict(arm=name, runs=mine, scores=scored, task=mine[0]['cfg']['task'],
-                   stat=mean_ci(list(scored.values())) if scored else None,
-                   failed_to_learn=sum(v < spec['fail_below'] for v in scored.values()),
-                   unfinished=[r for r in mine if r['outcome'] != 'done'],
-                   steps=sorted({r['eval_step'] for r in mine if r.get('score') is not None}))
-        rows.append(row)
-    ref = next(row for row in rows if row['arm'] == spec['reference'])
-    for row in rows:
-        row['diff'] = None
-        if row is not ref and row['scores'] and ref['scores'] and row['task'] == ref['task']:
-            row['diff'] = difference(row['scores'], ref['scores'])
-    return rows
+        learned = [v for v in scored.values() if v >= spec['fail_below']]
+        rows[name] = dict(arm=name, runs=mine, scores=scored, task=mine[0]['cfg']['task'],
+                          stat=mean_ci(list(scored.values())) if scored else None,
+                          failed_to_learn=len(scored) - len(learned),
+                          learned=mean_ci(learned) if learned else None,
+                          trend=trend([r['curve'] for r in mine if r.get('score') is not None]),
+                          unfinished=[r for r in mine if r['outcome'] != 'done'],
+                          steps=sorted({r['eval_step'] for r in mine if r.get('score') is not None}))
+    pairs = spec['compare'] or [(name, spec['reference']) for name in spec['arms'] if name != spec['reference']]
+    comparisons = []
+    for a, b in pairs:
+        if a not in rows or b not in rows or rows[a]['task'] != rows[b]['task']:
+            continue  # (an arm --arms left out; arms of two tasks are not compared)
+        d = difference(rows[a]['scores'], rows[b]['scores']) if rows[a]['scores'] and rows[b]['scores'] else None
+        comparisons.append(dict(a=a, b=b, diff=d, verdict=verdict(d, spec['margin']) if d else 'no scores'))
+    return list(rows.values()), comparisons
 
 
 def fmt(v):
     return '–' if v is None else f"{v:.3f}".replace('-', '−')
 
 
-def cells(row, ref):
-    """the table's text for one arm: score, per-seed scores, steps, difference from the reference"""
-    s, d = row['stat'], row['diff']
+def cells(row):
+    """the table's text for one arm: score, per-seed scores, steps, failures, the learned runs' mean, trend"""
+    s, n = row['stat'], len(row['scores'])
     score = '–' if s is None else f"{fmt(s['mean'])} (one seed)" if s['lo'] is None else (
         f"{fmt(s['mean'])} ± {fmt(s['hi'] - s['mean'])}")
-    if row['arm'] == ref:
-        delta = '(reference)'
-    elif d is None:
-        delta = '–'
-    elif d['lo'] is None:
-        delta = f"{fmt(d['mean'])} ({d['test']})"
-    else:
-        delta = f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}] ({d['test']}, {d['n']} seeds)"
     per_seed = ', '.join(f"{seed}: {fmt(v)}" for seed, v in sorted(row['scores'].items())) or '–'
     ends = sorted({row['steps'][0], row['steps'][-1]}) if row['steps'] else []
     steps = '–'.join(f"{x:,}" for x in ends) or '–'
-    return score, per_seed, steps, delta
+    failed = '–'
+    if n:
+        low, high = rate_ci(row['failed_to_learn'], n)
+        failed = f"{row['failed_to_learn']} of {n} [{low:.2f}, {high:.2f}]"
+    learned = '–' if row['learned'] is None else (
+        f"{fmt(row['learned']['mean'])} ({row['learned']['n']})" if row['learned']['lo'] is None else
+        f"{fmt(row['learned']['mean'])} ± {fmt(row['learned']['hi'] - row['learned']['mean'])} "
+        f"({row['learned']['n']})")
+    t = row['trend']
+    trend_text = '–' if t is None else f"{t['word']} ({fmt(t['mean'])} [{fmt(t['lo'])}, {fmt(t['hi'])}])"
+    return score, per_seed, steps, failed, learned, trend_text
 
 
-def write_table(spec, runs, rows):
-    """<out>/table.md, table.csv and table.png"""
-    ref = spec['reference']
+def diff_text(d):
+    if d is None:
+        return '–', '–'
+    if d['lo'] is None:
+        return fmt(d['mean']), d['test']
+    return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {d['n']} seeds"
+
+
+def write_table(spec, runs, summary):
+    """<out>/table.md (the arms, then the comparisons), table.csv (arms), compare.csv and table.png"""
+    rows, comparisons = summary
     several = len({row['task'] for row in rows}) > 1  # a task column only when the arms differ in it
     head = ['arm', *(['task'] if several else []), 'seeds', 'score (mean ± 95% CI)', 'per seed', 'steps',
-            f"failed to learn (< {spec['fail_below']:g})", f'Δ vs {ref} (95% CI)', 'not finished']
+            f"failed to learn (< {spec['fail_below']:g}) [95% CI of the rate]", 'learned: mean (runs)',
+            'last 3 checkpoints: slope / 1k steps [95% CI]', 'not finished']
     md = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
-    csv = ['arm,task,seeds,mean,ci95_low,ci95_high,failed_to_learn,diff,diff_ci95_low,diff_ci95_high,'
-           'diff_test,steps,not_finished,per_seed']
+    csv = ['arm,task,seeds,mean,ci95_low,ci95_high,failed_to_learn,fail_rate_ci95_low,fail_rate_ci95_high,'
+           'learned_mean,trend,trend_slope,steps,not_finished,per_seed']
     for row in rows:
-        score, per_seed, steps, delta = cells(row, ref)
-        n = str(len(row['scores']))
-        line = [row['arm'], *([row['task']] if several else []), n, score, per_seed, steps,
-                str(row['failed_to_learn']), delta, str(len(row['unfinished']))]
+        score, per_seed, steps, failed, learned, trend_text = cells(row)
+        n = len(row['scores'])
+        line = [row['arm'], *([row['task']] if several else []), str(n), score, per_seed, steps, failed,
+                learned, trend_text, str(len(row['unfinished']))]
         md.append('| ' + ' | '.join(line) + ' |')
-        s, d = row['stat'] or {}, row['diff'] or {}
+        s, t, lr = row['stat'] or {}, row['trend'] or {}, row['learned'] or {}
         nums = ['' if v is None else f"{v:.6f}" for v in (s.get('mean'), s.get('lo'), s.get('hi'))]
-        diffs = ['' if v is None else f"{v:.6f}" for v in (d.get('mean'), d.get('lo'), d.get('hi'))]
-        csv.append(','.join([row['arm'], row['task'], n, *nums, str(row['failed_to_learn']), *diffs,
-                             d.get('test', ''), '/'.join(map(str, row['steps'])), str(len(row['unfinished'])),
+        rate = [f"{v:.6f}" for v in rate_ci(row['failed_to_learn'], n)] if n else ['', '']
+        csv.append(','.join([row['arm'], row['task'], str(n), *nums, str(row['failed_to_learn']), *rate,
+                             '' if lr.get('mean') is None else f"{lr['mean']:.6f}", t.get('word', ''),
+                             '' if t.get('mean') is None else f"{t['mean']:.6f}",
+                             '/'.join(map(str, row['steps'])), str(len(row['unfinished'])),
                              ';'.join(f'{k}:{v:.6f}' for k, v in sorted(row['scores'].items()))]))
+    md += ['', '| comparison | Δ (95% CI) | test | verdict (margin ±' + f"{spec['margin']:g})" + ' |',
+           '|---|---|---|---|']
+    compare_csv = ['arm,minus,diff,ci95_low,ci95_high,test,seeds,verdict']
+    for c in comparisons:
+        delta, test = diff_text(c['diff'])
+        md.append(f"| {c['a']} − {c['b']} | {delta} | {test} | {c['verdict']} |")
+        d = c['diff'] or {}
+        nums = ['' if d.get(k) is None else f"{d[k]:.6f}" for k in ('mean', 'lo', 'hi')]
+        compare_csv.append(','.join([c['a'], c['b'], *nums, d.get('test', ''), str(d.get('n', '')),
+                                     c['verdict']]))
     scored = [r for r in runs if r.get('score') is not None]
     bases = ', '.join(sorted({f"{r['baseline']} ({r['task']})" for r in scored})) or '–'
     prompts = ', '.join(sorted({f"{r['n_prompts']:,}" for r in scored})) or '–'
@@ -941,18 +1019,23 @@ def write_table(spec, runs, rows):
     md += ['', f"Score: the ICL regression score (paper eq. 1) of each run's last checkpoint against "
                f"{bases}, on {prompts} prompts; the mean over seeds ± the half-width of its 95% CI "
                "(Student's t, n − 1 df; one seed: no CI).",
-           f"Δ: the arm's mean minus the reference arm {ref}'s, with its 95% CI: a paired t over the seeds "
-           "when both arms ran the same seeds, Welch's t otherwise (its fractional df rounded down: "
-           "conservative).",
-           f"Failed to learn: runs scoring below fail_below = {spec['fail_below']:g}, counted in that column "
-           "and kept in the mean.",
+           f"Failed to learn: runs scoring below fail_below = {spec['fail_below']:g}, counted (with the exact "
+           "Clopper-Pearson 95% interval of the rate) and kept in the mean; 'learned' is the mean of the others.",
+           "Last 3 checkpoints: the least-squares slope of each run's score over its last three scored "
+           "checkpoints, per 1,000 steps, mean over runs with its 95% CI: 'rising' or 'falling' when the CI "
+           "excludes 0, else 'flat' (needs evaluate all_ckpts and two runs).",
+           "Δ: the first arm's mean minus the second's, with its 95% CI: a paired t over the seeds when both "
+           "arms ran the same seeds, Welch's t otherwise (its fractional df rounded down: conservative).",
+           f"Verdict, one rule for every comparison: 'different' when the CI of Δ excludes 0, 'level' when it "
+           f"lies within ±{spec['margin']:g} (the margin, fixed before the runs), 'undecided' otherwise.",
            f"Not finished: runs short of their max_iters, left out of the scores: {unfinished or 'none'}."]
     prefix = os.path.join(spec['out'], 'table')
-    for ext, lines in (('.md', md), ('.csv', csv)):
-        atomic_write(prefix + ext, '\n'.join(lines) + '\n')
+    for path, lines in ((prefix + '.md', md), (prefix + '.csv', csv),
+                        (os.path.join(spec['out'], 'compare.csv'), compare_csv)):
+        atomic_write(path, '\n'.join(lines) + '\n')
     draw(spec, rows, prefix + '.png')
     print('\n'.join(md))
-    print(f"wrote {prefix}.md, {prefix}.csv and {prefix}.png")
+    print(f"wrote {prefix}.md, {prefix}.csv, compare.csv and {prefix}.png")
 
 
 def draw(spec, rows, path):

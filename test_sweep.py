@@ -107,6 +107,27 @@ def test_paired_and_welch_differences_match_hand_computed_values():
     assert m["mean"] == pytest.approx(0.85) and m["hi"] - m["mean"] == pytest.approx(0.6353)
     assert sweep.mean_ci([0.8])["lo"] is None
 
+
+def test_failure_rates_verdicts_and_trends_follow_their_stated_rules():
+    # exact (Clopper-Pearson) intervals: 0 of n -> [0, 1 - 0.025^(1/n)], 1 of 3 and 2 of 5 from the beta quantiles
+    assert sweep.rate_ci(0, 3) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
+    assert sweep.rate_ci(0, 5)[1] == pytest.approx(0.521824, abs=1e-6)
+    assert sweep.rate_ci(1, 3) == (pytest.approx(0.008404, abs=1e-6), pytest.approx(0.905700, abs=1e-6))
+    assert sweep.rate_ci(2, 5) == (pytest.approx(0.052745, abs=1e-6), pytest.approx(0.853367, abs=1e-6))
+    assert sweep.rate_ci(3, 3) == (pytest.approx(1 - sweep.rate_ci(0, 3)[1]), 1.0)
+    # the verdict: CI excluding 0 -> different; within the margin -> level; else undecided; one seed: none
+    v = lambda lo, hi: sweep.verdict(dict(mean=(lo + hi) / 2, lo=lo, hi=hi), 0.05)  # noqa: E731
+    assert (v(0.01, 0.2), v(-0.2, -0.06), v(-0.04, 0.05), v(-0.06, 0.03)) == (
+        "different", "different", "level", "undecided")
+    assert sweep.verdict(dict(mean=0.1, lo=None, hi=None), 0.05) == "no CI (one seed)"
+    # the trend over the last 3 checkpoints: slopes 0.1 and 0.15 per 1k steps -> mean 0.125, t(1) CI
+    rising = [[(0, 0.0), (1000, 0.5), (2000, 0.6), (3000, 0.7)], [(1000, 0.4), (2000, 0.55), (3000, 0.7)]]
+    t = sweep.trend(rising)
+    assert t["mean"] == pytest.approx(0.125) and t["hi"] - t["mean"] == pytest.approx(12.706 * 0.025)
+    assert t["word"] == "flat"  # two runs this different: the CI still holds 0
+    t = sweep.trend([[(1000, 0.5), (2000, 0.6), (3000, 0.7)], [(1000, 0.41), (2000, 0.52), (3000, 0.63)]])
+    assert t["word"] == "rising" and sweep.trend(rising[:1]) is None and sweep.trend([[(1, 0.1)]] * 2) is None
+
 # -----------------------------------------------------------------------------
 # a sweep, its table, a rerun, kills
 
@@ -120,12 +141,16 @@ def test_a_2x2_sweep_trains_four_runs_and_writes_the_table(reference):
         assert first.startswith("$ python train.py ") and f"--out_dir={out}/{run}" in first
     table = open(os.path.join(out, "table.md")).read()
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"arm", "layernorm", "rmsnorm"}
-    assert "(reference)" in rows["layernorm"] and re.search(r"\(paired, 2 seeds\)", rows["rmsnorm"])
+    assert set(rows) == {"arm", "layernorm", "rmsnorm", "comparison", "rmsnorm − layernorm"}
     assert re.search(r"\| 2 \| −?\d\.\d{3} ± \d\.\d{3} \|", rows["rmsnorm"])  # 2 seeds: mean ± CI
-    assert "fail_below = 0.1" in table and "Welch" in table
+    assert re.search(r"\| [012] of 2 \[\d\.\d\d, \d\.\d\d\] \|", rows["rmsnorm"])  # failures, the rate's CI
+    # the comparison: paired over the 2 seeds, read by the verdict rule
+    assert re.search(r"\| paired, 2 seeds \| (different|level|undecided) \|$", rows["rmsnorm − layernorm"])
+    assert "fail_below = 0.1" in table and "Welch" in table and "within ±0.05" in table
     csv = open(os.path.join(out, "table.csv")).read().splitlines()
     assert csv[0].startswith("arm,task,seeds,mean,ci95_low") and len(csv) == 3
+    compare = open(os.path.join(out, "compare.csv")).read().splitlines()
+    assert compare[0].startswith("arm,minus,diff") and compare[1].startswith("rmsnorm,layernorm,")
     assert os.path.getsize(os.path.join(out, "table.png")) > 0
     manifest = json.load(open(os.path.join(out, "sweep.json")))
     assert sorted(manifest["runs"]) == sorted(os.path.join(out, run) for run in RUNS)
@@ -219,6 +244,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     fresh = str(tmp_path / "fresh")
     base = [*RUN, "--evaluate.n_prompts=64", f"--out={fresh}"]
+    arms = "arms = dict(ln=dict(norm='layernorm'), rms=dict(norm='rmsnorm'))\n"
+    (tmp_path / "compare.py").write_text(arms + "compare = [('rms', 'nope')]\n")
+    (tmp_path / "margin.py").write_text(arms + "margin = 0\n")
     cases = [
         ([*base, "--vary=nrom=layernorm,rmsnorm"], "unknown config key 'nrom' in --vary (did you mean 'norm'?)"),
         ([*base, "--vary=n_layer=two,4"], "n_layer must be of type int"),
@@ -235,6 +263,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
         ([*base, "--out_dir=x"], "--out_dir: the sweep sets it"),
         ([*base, "--evaluate.bogus=1"], "unknown evaluate.py option(s) bogus"),
         ([*base, "--ref=nope"], "reference arm 'nope' is not an arm"),
+        ([str(tmp_path / "compare.py"), *base], "compare ('rms', 'nope') must name two different arms"),
+        ([str(tmp_path / "margin.py"), *base], "margin must be positive"),
         ([*base, "--vary=norm=layernorm,rmsnorm", "--arms=layernorm,rms"], "--arms: 'rms' matches no arm"),
         ([*RUN, "--vary=norm=layernorm,rmsnorm"], "no --out"),
         ([*base, "--vary=norm=layernorm,rmsnorm", "--dry-run", "--slurm"], "give one of them"),
