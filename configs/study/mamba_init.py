@@ -22,4 +22,5 @@ overrides = dict(
 )
 run_dir = 'out/study/{arm}_s{seed}'
 out = 'out/study/sweeps/mamba_init'
+evaluate = dict(all_ckpts=True)                   # the task's baseline: least squares, the Lasso
 compare = [('linear_mamba_hf', 'linear_mamba'), ('sparse_mamba_hf', 'sparse_mamba')]

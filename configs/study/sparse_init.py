@@ -22,6 +22,8 @@ overrides = dict(
 )
 run_dir = 'out/study/sparse_{arm}_s{seed}'
 out = 'out/study/sweeps/sparse_init'
-evaluate = dict(score_vs='sparse_linear_bayes', baselines='sparse_linear_bayes,lasso_tuned,least_squares')
+evaluate = [dict(score_vs='sparse_linear_bayes', baselines='sparse_linear_bayes,lasso_tuned,least_squares',
+                 all_ckpts=True),                 # the table's score
+            dict(score_vs='lasso', plot=False)]   # the paper's baseline (alpha 1e-3, untuned), secondary
 compare = [('gpt2_quirks', 'gpt2'), ('gpt2_rms_quirks', 'gpt2_rms'), ('gpt2_rms_position', 'gpt2_rms'),
            ('gpt2_rms_residual', 'gpt2_rms'), ('gpt2_rms', 'gpt2')]

@@ -25,6 +25,7 @@ overrides = dict(
 )
 run_dir = 'out/study/tree_{arm}_s{seed}'
 out = 'out/study/sweeps/tree_init'
-evaluate = dict(score_vs='tree_bayes', baselines='tree_bayes')
+evaluate = [dict(score_vs='tree_bayes', baselines='tree_bayes', all_ckpts=True),   # the table's score
+            dict(baseline_run='out/study/tree_gpt2_baseline_s1336', plot=False)]  # the paper's, secondary
 compare = [('gpt2_quirks', 'gpt2'), ('gpt2_rms_quirks', 'gpt2_rms'), ('gpt2_rms_position', 'gpt2_rms'),
            ('gpt2_rms_residual', 'gpt2_rms'), ('gpt2_rms', 'gpt2')]

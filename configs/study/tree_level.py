@@ -14,6 +14,8 @@ arms = dict(
     mamba_hf=dict(configs='configs/mamba.py', mamba_init='mamba'),
     llama_mamba=dict(configs='configs/llama_mamba.py', mamba_init='gpt2', seeds=_three),
     llama_mamba_hf=dict(configs='configs/llama_mamba.py', mamba_init='mamba', seeds=_three),
+    # the paper's protocol scores trees against a trained GPT-2: this seed is that baseline, in no arm's mean
+    gpt2_baseline=dict(configs='configs/gpt2.py', seeds=[1336]),
 )
 overrides = dict(
     n_layer=4, n_embd=64, n_head=4,               # E = 64, 4 blocks, 4 heads (paper: 256, 12, 8)
@@ -23,6 +25,7 @@ overrides = dict(
 )
 run_dir = 'out/study/tree_{arm}_s{seed}'
 out = 'out/study/sweeps/tree_level'
-evaluate = dict(score_vs='tree_bayes', baselines='tree_bayes')
+evaluate = [dict(score_vs='tree_bayes', baselines='tree_bayes', all_ckpts=True),   # the table's score
+            dict(baseline_run='out/study/tree_gpt2_baseline_s1336', plot=False)]  # the paper's, secondary
 compare = [('mamba', 'gpt2'), ('mamba_hf', 'gpt2'), ('gpt2_rms', 'gpt2'), ('mamba_hf', 'mamba'),
            ('llama_mamba_hf', 'llama_mamba')]
