@@ -11,6 +11,9 @@ arms = dict(
     gpt2_rms_quirks=dict(configs='configs/gpt2_rms.py', reference_quirks=True),
     gpt2_rms_position=dict(configs='configs/gpt2_rms.py', reference_quirks='position'),
     gpt2_rms_residual=dict(configs='configs/gpt2_rms.py', reference_quirks='residual_scale'),
+    # GPT-2 RMS SwiGLU (1.4), the paper's Fig. 4 arm, clean and with the reference init (the one that fails)
+    gpt2_rms_swiglu=dict(configs='configs/gpt2_rms_swiglu.py'),
+    gpt2_rms_swiglu_quirks=dict(configs='configs/gpt2_rms_swiglu.py', reference_quirks=True),
 )
 overrides = dict(
     n_layer=4, n_embd=64, n_head=4,               # E = 64, 4 blocks, 4 heads (paper: 256, 12, 8)
@@ -24,6 +27,9 @@ run_dir = 'out/study/sparse_{arm}_s{seed}'
 out = 'out/study/sweeps/sparse_init'
 evaluate = [dict(score_vs='sparse_linear_bayes', baselines='sparse_linear_bayes,lasso_tuned,least_squares',
                  all_ckpts=True),                 # the table's score
-            dict(score_vs='lasso', plot=False)]   # the paper's baseline (alpha 1e-3, untuned), secondary
+            dict(score_vs='lasso', plot=False),   # the paper's baseline (alpha 1e-3, untuned), secondary
+            dict(score_vs='least_squares', all_ckpts=True, plot=False),  # Fig. 4a: which scheme it follows
+            dict(task='linear_regression', all_ckpts=True, plot=False)]  # Fig. 4b: on plain linear
 compare = [('gpt2_quirks', 'gpt2'), ('gpt2_rms_quirks', 'gpt2_rms'), ('gpt2_rms_position', 'gpt2_rms'),
-           ('gpt2_rms_residual', 'gpt2_rms'), ('gpt2_rms', 'gpt2')]
+           ('gpt2_rms_residual', 'gpt2_rms'), ('gpt2_rms', 'gpt2'),
+           ('gpt2_rms_swiglu_quirks', 'gpt2_rms_swiglu')]
