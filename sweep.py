@@ -184,7 +184,7 @@ def trend(curves, last=3):
     runs of `last` checkpoints each"""
     slopes = []
     for curve in curves:
-        pts = [(step / 1000, v) for step, v in curve if v is not None][-last:]
+        pts = [(step / 1000, v) for step, v in curve if v is not None and step is not None][-last:]
         if len(pts) < last:
             continue
         mx = sum(x for x, _ in pts) / len(pts)
@@ -918,7 +918,8 @@ def score_runs(spec, runs):
 
 
 def summarize(spec, runs):
-    """(arms, comparisons): per arm its scores by seed, mean and CI, failures to learn with the rate's interval,
+    """(arms, comparisons): per arm its scores by seed, mean and CI, failures to learn with the interval of
+    the rate,
     the mean of the runs that learned, the trend over its last checkpoints, unfinished runs; per comparison
     (the spec's compare, else every arm against the reference) the difference, its CI and the verdict"""
     rows = {}
@@ -932,13 +933,17 @@ def summarize(spec, runs):
                           learned=mean_ci(learned) if learned else None,
                           trend=trend([r['curve'] for r in mine if r.get('score') is not None]),
                           unfinished=[r for r in mine if r['outcome'] != 'done'],
-                          steps=sorted({r['eval_step'] for r in mine if r.get('score') is not None}))
-    pairs = spec['compare'] or [(name, spec['reference']) for name in spec['arms'] if name != spec['reference']]
+                          steps=sorted({r['eval_step'] for r in mine if r.get('score') is not None},
+                                key=lambda x: -1 if x is None else x))
+    ref = spec['reference']
+    pairs = spec['compare'] or [(name, ref) for name in spec['arms'] if name != ref]
     comparisons = []
     for a, b in pairs:
         if a not in rows or b not in rows or rows[a]['task'] != rows[b]['task']:
             continue  # (an arm --arms left out; arms of two tasks are not compared)
-        d = difference(rows[a]['scores'], rows[b]['scores']) if rows[a]['scores'] and rows[b]['scores'] else None
+        d = None
+        if rows[a]['scores'] and rows[b]['scores']:
+            d = difference(rows[a]['scores'], rows[b]['scores'])
         comparisons.append(dict(a=a, b=b, diff=d, verdict=verdict(d, spec['margin']) if d else 'no scores'))
     return list(rows.values()), comparisons
 
@@ -953,7 +958,8 @@ def cells(row):
     score = '–' if s is None else f"{fmt(s['mean'])} (one seed)" if s['lo'] is None else (
         f"{fmt(s['mean'])} ± {fmt(s['hi'] - s['mean'])}")
     per_seed = ', '.join(f"{seed}: {fmt(v)}" for seed, v in sorted(row['scores'].items())) or '–'
-    ends = sorted({row['steps'][0], row['steps'][-1]}) if row['steps'] else []
+    known = [x for x in row['steps'] if x is not None]  # (a score table read back holds no steps)
+    ends = sorted({known[0], known[-1]}) if known else []
     steps = '–'.join(f"{x:,}" for x in ends) or '–'
     failed = '–'
     if n:
@@ -976,8 +982,8 @@ def diff_text(d):
     return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {d['n']} seeds"
 
 
-def write_table(spec, runs, summary):
-    """<out>/table.md (the arms, then the comparisons), table.csv (arms), compare.csv and table.png"""
+def table_text(spec, runs, summary):
+    """(md, csv, compare_csv) lines: the arms, then the comparisons, and the rules they were read by"""
     rows, comparisons = summary
     several = len({row['task'] for row in rows}) > 1  # a task column only when the arms differ in it
     head = ['arm', *(['task'] if several else []), 'seeds', 'score (mean ± 95% CI)', 'per seed', 'steps',
@@ -998,7 +1004,8 @@ def write_table(spec, runs, summary):
         csv.append(','.join([row['arm'], row['task'], str(n), *nums, str(row['failed_to_learn']), *rate,
                              '' if lr.get('mean') is None else f"{lr['mean']:.6f}", t.get('word', ''),
                              '' if t.get('mean') is None else f"{t['mean']:.6f}",
-                             '/'.join(map(str, row['steps'])), str(len(row['unfinished'])),
+                             '/'.join(str(x) for x in row['steps'] if x is not None),
+                             str(len(row['unfinished'])),
                              ';'.join(f'{k}:{v:.6f}' for k, v in sorted(row['scores'].items()))]))
     md += ['', '| comparison | Δ (95% CI) | test | verdict (margin ±' + f"{spec['margin']:g})" + ' |',
            '|---|---|---|---|']
@@ -1016,24 +1023,33 @@ def write_table(spec, runs, summary):
     unfinished = '; '.join(f"{r['label']} {r['outcome']} at step {r['step'] or 0}"
                            + (f" ({r['note']})" if r.get('note') else '')
                            for row in rows for r in row['unfinished'])
-    md += ['', f"Score: the ICL regression score (paper eq. 1) of each run's last checkpoint against "
+    at = spec.get('scored_at', "each run's last checkpoint")
+    md += ['', f"Score: the ICL regression score (paper eq. 1) of {at} against "
                f"{bases}, on {prompts} prompts; the mean over seeds ± the half-width of its 95% CI "
                "(Student's t, n − 1 df; one seed: no CI).",
-           f"Failed to learn: runs scoring below fail_below = {spec['fail_below']:g}, counted (with the exact "
-           "Clopper-Pearson 95% interval of the rate) and kept in the mean; 'learned' is the mean of the others.",
+           f"Failed to learn: runs scoring below fail_below = {spec['fail_below']:g}, counted (with the "
+           "exact Clopper-Pearson 95% interval of the rate) and kept in the mean; 'learned' is the mean of "
+           "the others.",
            "Last 3 checkpoints: the least-squares slope of each run's score over its last three scored "
            "checkpoints, per 1,000 steps, mean over runs with its 95% CI: 'rising' or 'falling' when the CI "
            "excludes 0, else 'flat' (needs evaluate all_ckpts and two runs).",
-           "Δ: the first arm's mean minus the second's, with its 95% CI: a paired t over the seeds when both "
-           "arms ran the same seeds, Welch's t otherwise (its fractional df rounded down: conservative).",
-           f"Verdict, one rule for every comparison: 'different' when the CI of Δ excludes 0, 'level' when it "
-           f"lies within ±{spec['margin']:g} (the margin, fixed before the runs), 'undecided' otherwise.",
+           "Δ: the first arm's mean minus the second's, with its 95% CI: a paired t over the seeds when "
+           "both arms ran the same seeds, Welch's t otherwise (its fractional df rounded down: "
+           "conservative).",
+           "Verdict, one rule for every comparison: 'different' when the CI of Δ excludes 0, 'level' when "
+           f"it lies within ±{spec['margin']:g} (the margin, fixed before the runs), 'undecided' otherwise.",
            f"Not finished: runs short of their max_iters, left out of the scores: {unfinished or 'none'}."]
+    return md, csv, compare_csv
+
+
+def write_table(spec, runs, summary):
+    """<out>/table.md (the arms, then the comparisons), table.csv (arms), compare.csv and table.png"""
+    md, csv, compare_csv = table_text(spec, runs, summary)
     prefix = os.path.join(spec['out'], 'table')
     for path, lines in ((prefix + '.md', md), (prefix + '.csv', csv),
                         (os.path.join(spec['out'], 'compare.csv'), compare_csv)):
         atomic_write(path, '\n'.join(lines) + '\n')
-    draw(spec, rows, prefix + '.png')
+    draw(spec, summary[0], prefix + '.png')
     print('\n'.join(md))
     print(f"wrote {prefix}.md, {prefix}.csv, compare.csv and {prefix}.png")
 

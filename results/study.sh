@@ -10,6 +10,8 @@
 #     bash results/study.sh part2 eval tree   # one experiment of part 2: sparse, tree, mlp or rest
 #     bash results/study.sh part3      # experiments 12-15 (RESULTS.md part 3): train, then each spec's table
 #     bash results/study.sh part3 eval # the tables of part 3 only (whichever of its runs exist)
+#     bash results/study.sh verdicts   # parts 1-2's saved scores read by part 3's verdict rule (no runs
+#                                      # needed): results/part12_verdicts.txt
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are
 # skipped (sweep.py); a sweep with a failed run ends the script after its report. Each run's log is
 # out/study/<run>/log.txt (and its output train.out); python sweep.py configs/study/<experiment>.py --dry-run
@@ -177,6 +179,33 @@ if [ "${1:-}" = part2 ]; then
         train sparse tree mlp linear_part2   # in the order RESULTS.md part 2 needs them most
     fi
     part2_eval "${3:-all}"
+    exit
+fi
+if [ "${1:-}" = verdicts ]; then
+    # every comparison RESULTS.md parts 1-2 make, from the scores results/ keeps, by one rule (verdicts.py)
+    {
+        v() { python results/verdicts.py "$@"; echo; }
+        # (1-3, 5, 9: one seed per model, so no comparison there has a verdict)
+        # 4. the ablation: the reference's doubling, 2 seeds per arm
+        v results/ablation.csv --compare=ablation_quirks-ablation_clean
+        # 6. sparse linear vs the Lasso at step 6,000 (the transformers' last), and at 4,000 (Mamba and 2.3's)
+        a=sparse_gpt2,sparse_gpt2_rms,sparse_gpt2_rms_quirks,sparse_gpt2_rms_swiglu
+        c=sparse_gpt2_rms_quirks-sparse_gpt2_rms,sparse_gpt2_rms_swiglu_quirks-sparse_gpt2_rms_swiglu
+        c=$c,sparse_gpt2_rms_swiglu_quirks-sparse_gpt2_rms_quirks,sparse_gpt2_rms-sparse_gpt2
+        c=$c,sparse_gpt2_rms_swiglu-sparse_gpt2,sparse_llama-sparse_gpt2
+        a=$a,sparse_gpt2_rms_swiglu_quirks,sparse_llama
+        v results/sparse_vs_lasso_by_step.csv --step=6000 --arms=$a --compare=$c
+        v results/sparse_vs_lasso_by_step.csv --step=4000
+        # 6, Fig. 4b: trained on sparse linear, scored on plain linear (vs least squares)
+        v results/sparse_on_linear_by_step.csv --step=6000 \
+            --arms=sparse_gpt2_rms_swiglu,sparse_gpt2_rms,sparse_llama,sparse_gpt2 \
+            --compare=sparse_gpt2_rms_swiglu-sparse_gpt2_rms,sparse_gpt2_rms_swiglu-sparse_llama
+        # 7. trees vs the trained GPT-2 (seed 1337, which is also in GPT-2's own mean: part 3 replaces it)
+        c=tree_gpt2_rms-tree_gpt2,tree_gpt2_rms_quirks-tree_gpt2_rms,tree_mamba-tree_gpt2
+        v results/tree_vs_gpt2_by_step.csv --compare=$c,tree_llama_mamba_pos-tree_gpt2
+        # 8. MLPs vs the GD-trained MLP; the paper's claim is a score above 1 (1.13)
+        v results/mlp_vs_gdmlp_by_step.csv --step=3000 --constant=1
+    } > results/part12_verdicts.txt
     exit
 fi
 if [ "${1:-}" = part3 ]; then
