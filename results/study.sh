@@ -209,10 +209,10 @@ if [ "${1:-}" = verdicts ]; then
     exit
 fi
 if [ "${1:-}" = part3 ]; then
-    # the tree experiments first (the cheapest), the Mamba inits, then sparse linear
-    part3=(tree_init tree_level mamba_init sparse_init)
+    # the tree experiments first (the cheapest), sparse linear, the Mamba inits, the ablation's parts
+    part3=(tree_init tree_level sparse_init mamba_init ablation_parts)
     if [ "${2:-}" != eval ]; then
-        train tree_init tree_level mamba_init sparse_init
+        train tree_init tree_level sparse_init mamba_init ablation_parts
     fi
     for experiment in "${part3[@]}"; do  # each spec's table: per-arm scores, comparisons, verdicts
         python sweep.py "configs/study/$experiment.py" --eval-only
