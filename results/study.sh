@@ -210,9 +210,9 @@ if [ "${1:-}" = verdicts ]; then
 fi
 if [ "${1:-}" = part3 ]; then
     # the tree experiments first (the cheapest), sparse linear, the Mamba inits, the ablation's parts
-    part3=(tree_init tree_level sparse_init mamba_init ablation_parts)
+    part3=(tree_init tree_level sparse_init mamba_init ablation_parts parity_d6)
     if [ "${2:-}" != eval ]; then
-        train tree_init tree_level sparse_init mamba_init ablation_parts
+        train tree_init tree_level sparse_init mamba_init ablation_parts parity_d6
     fi
     for experiment in "${part3[@]}"; do  # each spec's table: per-arm scores, comparisons, verdicts
         python sweep.py "configs/study/$experiment.py" --eval-only
