@@ -16,7 +16,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 from functools import partial
 
@@ -26,7 +25,8 @@ from tqdm import tqdm
 import tasks
 from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
-from harness import UserError, atomic_write, load_checkpoint, save_figure, serialize, short, step_checkpoints
+from harness import (UserError, atomic_write, check_device, load_checkpoint, run_command, save_figure, serialize,
+                     short, step_checkpoints)
 from configurator import help_text, parse_value
 
 # -----------------------------------------------------------------------------
@@ -75,13 +75,6 @@ def _writable_dir(path):
     return os.path.isdir(probe) and os.access(probe, os.W_OK), probe
 
 
-def _check_device(dev):
-    if not re.fullmatch(r'cpu|cuda(:\d+)?', dev):
-        raise UserError(f"device={short(dev)} is not one of cpu, cuda, cuda:N")
-    if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
 def parse_args(argv):
     cfg = dict(DEFAULTS)
     runs = [a for a in argv if not a.startswith('--')]
@@ -124,7 +117,7 @@ def parse_args(argv):
     for bad, msg in checks:
         if bad:
             raise UserError(msg)
-    _check_device(cfg['device'])
+    check_device(cfg['device'])
     cfg['baseline_runs'] = baseline_runs(cfg['baseline_run'])
     if cfg['out'] and (cfg['out'].endswith(os.sep) or os.path.isdir(cfg['out'])):
         # a directory: its table.md, table.csv, table_<task>.png
@@ -685,10 +678,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    try:
-        main(sys.argv[1:])
-    except BrokenPipeError:  # `python evaluate.py --help | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_command(main)

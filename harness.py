@@ -22,6 +22,8 @@ import warnings
 import zipfile
 
 import torch
+import torch.distributed as dist
+
 
 class UserError(Exception):
     """bad input or a failed run: printed as one line `error: ...` (exit code 2), no traceback."""
@@ -36,6 +38,19 @@ def short(value, limit=60):
 def oneline(e):  # an exception as one short line (load_state_dict and gloo errors span several)
     return ' '.join(str(e).split())[:300] or type(e).__name__
 
+
+def check_device(dev, auto=False, present=True):
+    """the device `dev` names, after checking the name (cpu, cuda, cuda:N; and auto, where allowed) and, if
+    `present`, that this machine has it ('auto' is then cuda if there is one, else cpu)"""
+    if not re.fullmatch(r'auto|cpu|cuda(:\d+)?' if auto else r'cpu|cuda(:\d+)?', dev):
+        raise UserError(f"device={short(dev)} is not one of {'auto, ' * auto}cpu, cuda, cuda:N")
+    if not present:
+        return dev
+    if dev == 'auto':
+        dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if dev.startswith('cuda') and (torch.device(dev).index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={dev!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 # a directory holding any of these holds a run
@@ -256,6 +271,26 @@ class RunDirectory:
             os.close(self.lock_fd)  # closing the descriptor releases the flock
             self.lock_fd = None
 
+    def claim_for_all(self, new, master, ddp, device):
+        """rank 0 claims the directory (the lock, and for a new run a re-check under it: two new runs started
+        at once); every rank learns whether it did before anything is written"""
+        error = None
+        if master:
+            try:
+                self.claim()
+                if new:
+                    self.check_new()
+            except UserError as e:
+                self.release()
+                error = e
+        if ddp:
+            claimed = torch.tensor([0.0 if error else 1.0], device=device)
+            dist.all_reduce(claimed, op=dist.ReduceOp.MIN)
+            if claimed.item() == 0 and not error:
+                error = UserError(f"process 0 could not claim {self.dir}; see its message")
+        if error:
+            raise error
+
     def append(self, path, text):
         try:
             with open(path, 'a') as f:
@@ -321,3 +356,53 @@ def exit_finished_worker(code=0):
         sys.stdout.flush()
         sys.stderr.flush()
     os._exit(code)
+
+
+def run_command(main, catch=(UserError,)):
+    """`main(sys.argv[1:])` as a command: an error of the kinds `catch` is one line `error: ...` and exit
+    code 2 (from a torchrun worker too); a reader that left (`--help | head`) is no error"""
+    torchrun = int(os.environ.get('RANK', -1)) != -1
+    try:
+        main(sys.argv[1:])
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except catch as e:
+        print('error: ' + ' '.join(str(e).splitlines()), file=sys.stderr)
+        if torchrun:  # a failed torchrun worker: exit 2, not a gloo SIGABRT
+            exit_finished_worker(2)
+        sys.exit(2)
+    if torchrun:
+        exit_finished_worker()
+
+# -----------------------------------------------------------------------------
+# a one-off conversion
+
+def convert_checkpoint(path):
+    """rewrite a checkpoint written before model.py's MIXERS / FFNS tables in today's layout, in place: a
+    Mamba FFN was h.<i>.ffn.norm and h.<i>.ffn.mixer, today h.<i>.ln_2 and h.<i>.ffn (the same tensors and
+    math). Returns how many keys moved; with none the file is left as it was."""
+    path = os.path.join(path, 'ckpt.pt') if os.path.isdir(path) else path
+    ckpt = load_checkpoint(path)
+    renamed = {}
+    for key, value in ckpt['model'].items():
+        m = re.fullmatch(r"(h\.\d+)\.ffn\.(norm|mixer)\.(.+)", key)
+        if m:
+            key = f"{m[1]}.{'ln_2' if m[2] == 'norm' else 'ffn'}.{m[3]}"
+        renamed[key] = value
+    moved = sum(old != new for old, new in zip(ckpt['model'], renamed))
+    if moved:
+        ckpt['model'] = renamed
+        atomic_write(path, serialize(ckpt))
+    return moved
+
+
+def convert_command(argv):
+    if argv[:1] != ['convert'] or len(argv) < 2:
+        raise UserError("usage: python harness.py convert CKPT [CKPT ...] (checkpoints from before "
+                        "model.py's MIXERS / FFNS tables; a run directory means its ckpt.pt)")
+    for path in argv[1:]:
+        print(f"{path}: {convert_checkpoint(path)} key(s) renamed")
+
+
+if __name__ == '__main__':
+    run_command(convert_command)

@@ -21,7 +21,6 @@ glossary: B batch, N points per prompt, T = 2N tokens, d x dimension, C = n_embd
 """
 import functools
 import math
-import re
 from dataclasses import dataclass, fields
 from typing import Callable, Optional, Union
 
@@ -283,6 +282,8 @@ FFNS = {  # ffn names; "none": mixer-only blocks (Mamba, MambaFormer)
     "mamba": Kind(MambaMixer, "mamba", 1e-5, init_mamba, init_mamba_reference, reference_skip=2.0),
     "none": None,
 }
+# the ModelConfig keys that name a table entry (the tables themselves: a row added is a valid name at once)
+CHOICES = dict(norm=NORMS, pos=POSITIONS, attn=ATTNS, ffn=FFNS, scan_backend=BACKENDS, mamba_init=MAMBA_INITS)
 
 # -----------------------------------------------------------------------------
 # config
@@ -317,9 +318,7 @@ class ModelConfig:
     reference_quirks: Union[bool, str] = False
 
     def __post_init__(self):
-        choices = (("norm", NORMS), ("pos", POSITIONS), ("attn", ATTNS), ("ffn", FFNS),
-                   ("scan_backend", BACKENDS), ("mamba_init", MAMBA_INITS))
-        for key, allowed in choices:
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}")
         if not self.layer_pattern or set(self.layer_pattern) - set(MIXERS):
@@ -381,16 +380,6 @@ class Block(nn.Module):
         return x
 
 
-def _rename_mamba_ffn_keys(module, state_dict, prefix, *args):
-    # checkpoints written before the MIXERS / FFNS tables held a Mamba FFN as h.<i>.ffn.norm and
-    # h.<i>.ffn.mixer: today that norm is h.<i>.ln_2 and the mixer h.<i>.ffn (same tensors, same math)
-    for key in list(state_dict):
-        m = re.fullmatch(rf"{re.escape(prefix)}h\.(\d+)\.ffn\.(norm|mixer)\.(.+)", key)
-        if m:
-            part = "ln_2" if m[2] == "norm" else "ffn"
-            state_dict[f"{prefix}h.{m[1]}.{part}.{m[3]}"] = state_dict.pop(key)
-
-
 class ICLModel(nn.Module):
     """prompt (xs, ys) -> predictions at the x tokens. There is no vocabulary, so no weight tying."""
     def __init__(self, cfg):
@@ -405,7 +394,6 @@ class ICLModel(nn.Module):
         final_eps = 1e-5 if set(cfg.layer_pattern) == {"M"} else 1e-6
         self.ln_f = NORMS[cfg.norm](C, final_eps)
         self.read_out = nn.Linear(C, cfg.y_dim)
-        self.register_load_state_dict_pre_hook(_rename_mamba_ffn_keys)
         if quirk_parts(cfg):
             init_reference(self)
         else:

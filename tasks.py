@@ -18,19 +18,27 @@ from typing import Callable
 
 import torch
 
-# parameters of the task samplers, with their defaults (train.py's defaults block repeats them as config keys)
-TASK_DEFAULTS = dict(sparsity=3, mlp_hidden=100, mlp_normalize=False, tree_depth=4, parity_k=2, noise_std=0.0)
+# -----------------------------------------------------------------------------
+# task parameters: keyword arguments of the samplers, and config keys of train.py (its --help reads them here)
+TASK_DEFAULTS = dict(
+    sparsity=3,             # sparse_linear_regression: non-zero weights
+    mlp_hidden=100,         # relu2nn_regression: hidden width
+    mlp_normalize=False,    # relu2nn_regression: Garg's sqrt(2/h) scaling (the paper: off)
+    tree_depth=4,           # decision_tree: depth
+    parity_k=2,             # sparse_parity: size of the hidden subset
+    noise_std=0.0,          # training noise on y (regression tasks)
+)
 
+# -----------------------------------------------------------------------------
+# samplers: one function per task, sampler(B, N, d, d_act, g, **params) -> xs (B, N, d), ys (B, N, y_dim),
+# float32 on the CPU. d is the model's x dimension, d_act <= d the curriculum's active dims (the rest are
+# zero); params are all of TASK_DEFAULTS' keys but noise_std, each sampler taking the ones it needs.
 
 def _subset(batch_size, n, k, generator):
     # a uniform k-subset of range(n) per row, without replacement: argsort of iid uniforms is a
     # uniform random permutation (the batched version of Garg's torch.randperm(n)[:k])
     return torch.rand(batch_size, n, generator=generator).argsort(dim=1)[:, :k]  # (B, k)
 
-# -----------------------------------------------------------------------------
-# samplers: one function per task, sampler(B, N, d, d_act, g, **params) -> xs (B, N, d), ys (B, N, y_dim),
-# float32 on the CPU. d is the model's x dimension, d_act <= d the curriculum's active dims (the rest are
-# zero).
 
 def _gaussian_x(B, N, d, d_act, g):
     # the four Garg regression tasks: x ~ N(0, I_d), inactive coordinates zeroed before f is applied
@@ -46,7 +54,7 @@ def sample_linear(B, N, d, d_act, g, **params):
     return xs, xs @ w  # (B, N, 1)
 
 
-def sample_sparse_linear(B, N, d, d_act, g, sparsity=3, **params):
+def sample_sparse_linear(B, N, d, d_act, g, sparsity, **params):
     # keep `sparsity` coordinates chosen among the active dims only (Garg's valid_coords), so
     # E[y^2] = sparsity at every curriculum stage. if fewer dims are active than `sparsity`,
     # all of them are kept, like Garg's randperm(valid)[:k]
@@ -57,7 +65,7 @@ def sample_sparse_linear(B, N, d, d_act, g, sparsity=3, **params):
     return xs, xs @ (w * mask).unsqueeze(-1)  # (B, N, 1)
 
 
-def sample_relu2nn(B, N, d, d_act, g, mlp_hidden=100, mlp_normalize=False, **params):
+def sample_relu2nn(B, N, d, d_act, g, mlp_hidden, mlp_normalize, **params):
     # y = relu(x W1^T) W2 with N(0,1) entries. the paper leaves this unnormalised, so
     # E[y^2] = mlp_hidden * d_act / 2 (1000 at d=20); Garg scales by sqrt(2/hidden) so E[y^2] = d_act
     xs = _gaussian_x(B, N, d, d_act, g)
@@ -69,7 +77,7 @@ def sample_relu2nn(B, N, d, d_act, g, mlp_hidden=100, mlp_normalize=False, **par
     return xs, ys
 
 
-def sample_decision_tree(B, N, d, d_act, g, tree_depth=4, **params):
+def sample_decision_tree(B, N, d, d_act, g, tree_depth, **params):
     # full binary tree stored as a heap: node n has children 2n+1 (x <= 0) and 2n+2 (x > 0).
     # split coords are uniform over ALL d dims even mid-curriculum (Garg, paper): a zeroed dim
     # always sends x left. only the leaf values (the last 2^depth nodes) are ever read
@@ -85,7 +93,7 @@ def sample_decision_tree(B, N, d, d_act, g, tree_depth=4, **params):
     return xs, values.gather(1, node).unsqueeze(-1)  # (B, N, 1)
 
 
-def sample_sparse_parity(B, N, d, d_act, g, parity_k=2, **params):
+def sample_sparse_parity(B, N, d, d_act, g, parity_k, **params):
     xs = torch.randint(0, 2, (B, N, d), generator=g).float() * 2 - 1  # (B, N, d) uniform on {-1,+1}^d
     xs[:, :, d_act:] = 0
     if parity_k > d_act:

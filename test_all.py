@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import baselines
 import configurator
 import evaluate
+import harness
 import model
 import ssm_scan
 import ssm_scan_cpu
@@ -616,18 +617,28 @@ def test_model_rmsnorm_normalises_in_fp32():
     assert (ours.float() - exact).abs().mean() < (in_bf16.float() - exact).abs().mean()
 
 
-def test_model_loads_checkpoints_from_before_the_tables():
-    # the Mamba FFN was h.<i>.ffn.norm / h.<i>.ffn.mixer: such a state dict loads into today's h.<i>.ln_2 / h.<i>.ffn
-    m = ICLModel(preset("llama_mamba_ffn", "--n_layer=2", "--n_embd=16", "--n_head=2"))
+def test_old_checkpoints_convert_once_and_then_load(tmp_path):
+    # the Mamba FFN was h.<i>.ffn.norm / h.<i>.ffn.mixer: `python harness.py convert CKPT` renames such a
+    # checkpoint's keys to today's h.<i>.ln_2 / h.<i>.ffn; unconverted, it no longer loads
+    small = ["--n_layer=2", "--n_embd=16", "--n_head=2"]
+    m = ICLModel(preset("llama_mamba_ffn", *small))
     old = {}
     for k, v in m.state_dict().items():
         k = re.sub(r"^(h\.\d+)\.ln_2\.", r"\1.ffn.norm.", k)
         k = re.sub(r"^(h\.\d+)\.ffn\.(?!norm)", r"\1.ffn.mixer.", k)
         old[k] = v + 1
     assert any(".ffn.mixer." in k for k in old)
-    m2 = ICLModel(preset("llama_mamba_ffn", "--n_layer=2", "--n_embd=16", "--n_head=2"))
-    m2.load_state_dict(old)
+    m2 = ICLModel(preset("llama_mamba_ffn", *small))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        m2.load_state_dict(old)
+    path = tmp_path / "ckpt.pt"
+    torch.save(dict(model=old, optimizer={}, step=3, config={}, model_args={}), path)
+    r = python("harness.py", "convert", str(path))
+    assert r.returncode == 0 and f"{path}: {sum('.ffn.' in k for k in old)} key(s) renamed" in r.stdout, r.stderr
+    m2.load_state_dict(harness.load_checkpoint(str(path))["model"])
     assert all(torch.equal(a + 1, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    assert harness.convert_checkpoint(str(tmp_path)) == 0  # a converted one (or a run directory's) is left alone
+    assert one_error_line(python("harness.py", "convert"))
 
 
 class LinearAttention(nn.Module):
@@ -1284,12 +1295,11 @@ def test_train_names_the_task_and_where_it_came_from(tmp_path, capsys, one_threa
 
 
 def test_train_help_lists_every_key_with_its_default_and_comment():
-    text = configurator.help_text(train.__file__, "usage")
-    for key, value in train.DEFAULTS.items():
-        line = next(l for l in text.splitlines() if l.strip().startswith(f"--{key}="))
-        assert len(line.split(None, 1)) == 2, key  # every key has its comment
-    r = python("train.py", "-h")
+    r = python("train.py", "-h")  # the defaults block, and the task parameters of tasks.TASK_DEFAULTS
     assert r.returncode == 0 and "--learning_rate=1e-3" in r.stdout and "Adam's beta2" in r.stdout
+    for key in train.DEFAULTS:
+        line = next(l for l in r.stdout.splitlines() if l.strip().startswith(f"--{key}="))
+        assert len(line.split(None, 1)) == 2, key  # every key has its comment
 
 
 def test_train_small_config_mistakes_get_one_clear_line(tmp_path):

@@ -20,7 +20,9 @@ import zipfile
 import pytest
 import torch
 
+import configurator
 import harness
+import model
 import ssm_scan
 import ssm_scan_cpu
 import train
@@ -433,17 +435,19 @@ def malformed_cases(tmp):
     wrong = {bool: ["1", "yes", "true", "'True'", "", "None"],
              int: ["1.5", "abc", "True", "", "[1]", "None", "'3'", "10**3", "1e400", "{}"],
              float: ["abc", "True", "[]", "None", "1j", "'0.1'"], str: []}
+    choices = {**configurator.CHOICES, **model.CHOICES}  # train.py's own keys', and the model's
     for key, default in train.DEFAULTS.items():
-        if train.WORDS.get(key) is str:  # reference_quirks: a bool, or a comma list of its parts ('' is none)
+        if configurator.WORDS.get(key) is str:  # reference_quirks: a bool, or a comma list of its parts ('' is none)
             cases += [([f"--{key}={v}"], f"{key} must be of type|{key}: unknown part") for v in wrong[bool] if v]
             continue
         cases += [([f"--{key}={v}"], f"{key} must be of type") for v in wrong[type(default)]]
-        if key in train.POSITIVE + train.NONNEG:
-            low = ["0", "-1"] if key in train.POSITIVE else ["-1"]
-            high = [str(train.UPPER[key] + 1)] if key in train.UPPER else ["9" * 30] if type(default) is int else []
+        if key in configurator.POSITIVE + configurator.NONNEG:
+            low = ["0", "-1"] if key in configurator.POSITIVE else ["-1"]
+            high = ([str(configurator.UPPER[key] + 1)] if key in configurator.UPPER
+                    else ["9" * 30] if type(default) is int else [])
             extremes = ["-1e400", "1e400"] if type(default) is float else []
             cases += [([f"--{key}={v}"], f"{key} must be") for v in low + high + extremes]
-        if key in train.CHOICES:
+        if key in choices:
             cases += [([f"--{key}={v}"], f"{key}=.* is not one of")
                       for v in ("nonexistent", "", default.upper(), " " + default)]
     cases += [([f"--{k}={v}"], f"{k} must be") for k in ("learning_rate", "ffn_mult") for v in ("0", "-1e-3", "1e400")]
