@@ -248,7 +248,7 @@ def build_model(path, task, n_dims, n_pts, dev):
 
 def prompt_batches(plan, variant, cfg):
     """the evaluation prompts, batch_size at a time: (xs, ys, xq, yq), the query of prediction i xq[:, i]
-    (None: x_i itself) and its target yq[:, i]. Drawn 64 at a time from one seeded generator whatever
+    (xq None: x_i itself) and its target yq[:, i]. Drawn 64 at a time from one seeded generator whatever
     batch_size is, so the first k*64 prompts never depend on n_prompts or batch_size."""
     g = torch.Generator().manual_seed(cfg['seed'])
     pending = []
@@ -260,20 +260,18 @@ def prompt_batches(plan, variant, cfg):
                 chunk = tasks.sample_ood(variant, b, plan['n_pts'], plan['n_dims'], g)
             else:
                 xs, ys = tasks.sample(plan['task'], b, plan['n_pts'], plan['n_dims'], g, **plan['tkw'])
-                chunk = (xs, ys, xs, ys)
+                chunk = (xs, ys, None, ys)
         except ValueError as e:
             raise UserError(f"cannot sample {plan['task']} prompts with n_dims={plan['n_dims']}, "
                             f"n_points={plan['n_pts']}: {e}")
         pending.append(chunk)
         held += b
         while held >= cfg['batch_size'] or (s + 64 >= cfg['n_prompts'] and held):
-            xs, ys, xq, yq = (torch.cat(t) for t in zip(*pending))
+            batch = [None if t[0] is None else torch.cat(t) for t in zip(*pending)]  # xs, ys, xq, yq
             n = min(held, cfg['batch_size'])
-            rest = [t[n:] for t in (xs, ys, xq, yq)]
-            pending = [tuple(rest)] if held > n else []
+            pending = [tuple(None if t is None else t[n:] for t in batch)] if held > n else []
             held -= n
-            xs, ys, xq, yq = xs[:n], ys[:n], xq[:n], yq[:n]
-            yield xs, ys, (None if torch.equal(xq, xs) else xq), yq
+            yield tuple(None if t is None else t[:n] for t in batch)
 
 
 def sq_err(preds, yq, task):

@@ -232,11 +232,11 @@ def _transform(lam, generator):
 def sample_ood(variant, batch_size, n_points, n_dims, generator, *, device="cpu", scale=2.0, noise_std=1.0):
     """
     Garg's OOD tests for a linear regression model (w ~ N(0, I), no noise unless noisy_y).
-    -> xs (B, N, d), ys (B, N, 1), xq (B, N, d), yq (B, N, 1). prediction i sees the context pairs
-    0..i-1 and the query xq[:, i], and is scored against yq[:, i]. for the distribution-shift
-    variants (everything except quadrants, orthogonal, seen_points) xq is xs and yq is ys, so one
-    causal forward pass scores every position; the query variants need a pass per position i on
-    (xs[:, :i], ys[:, :i], xq[:, i]).
+    -> xs (B, N, d), ys (B, N, 1), xq (B, N, d) or None, yq (B, N, 1). prediction i sees the context
+    pairs 0..i-1 and the query xq[:, i], and is scored against yq[:, i]. for the distribution-shift
+    variants (everything except quadrants, orthogonal, seen_points) xq is None, the query of prediction i
+    is x_i itself and yq is ys, so one causal forward pass scores every position; the query variants need a
+    pass per position i on (xs[:, :i], ys[:, :i], xq[:, i]).
     """
     if variant not in OOD_VARIANTS:
         raise ValueError(f"unknown OOD variant {variant!r}, expected one of {OOD_VARIANTS}")
@@ -292,7 +292,5 @@ def sample_ood(variant, batch_size, n_points, n_dims, generator, *, device="cpu"
         # training scale plus noise and the zero predictor's error is d + noise_std^2
         ys = ys + noise_std * torch.randn(ys.shape, generator=g)
     if xq is None:
-        xq, yq = xs, ys
-    else:
-        yq = xq @ w  # (B, N, 1)
-    return xs.to(device), ys.to(device), xq.to(device), yq.to(device)
+        return xs.to(device), ys.to(device), None, ys.to(device)
+    return xs.to(device), ys.to(device), xq.to(device), (xq @ w).to(device)  # yq (B, N, 1)
