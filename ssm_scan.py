@@ -30,9 +30,12 @@ Backends, one contract (any strides in, u's dtype out, math in fp32, or fp64 for
   TRITON_INTERPRET=1, set before this module is imported: how the tests run it).
 - "auto": triton for CUDA tensors, cpu for CPU tensors; if that kernel cannot be built or launched, the
   torch backend, with one line on stderr saying why. SSM_SCAN_BACKEND=torch|cpu|triton overrides "auto".
-`selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle.
-`python ssm_scan.py` (= `python bench.py --sections=check,scan`) checks the kernels against the fp64 reference,
-then times them.
+  A default CPU run therefore trains through the C++ kernel: an edit to the torch reference alone changes
+  it only with backend="torch" (--scan_backend=torch).
+`selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle. Reading order:
+the reference, the Triton pair, the input checks, the dispatch; under torch.compile the scan is one custom
+op (ssm_scan_compile.py). `python ssm_scan.py` (= `python bench.py --sections=check,scan`) checks the kernels
+against the fp64 reference, then times them.
 
 The backward, derived (every backend computes this). With g = dloss/dout and sigma the sigmoid:
     ybar[t] = g[t] * silu(z[t])                                  dloss/dy
@@ -51,74 +54,18 @@ re-runs each chunk's forward from its saved state, right to left, then the adjoi
 import importlib.util
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import Any, Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ssm_scan_compile import scan_op
 from ssm_scan_cpu import selective_scan_cpu
 
-# -----------------------------------------------------------------------------
-# input checks: what no backend can compute gets a ValueError naming the argument, not a wrong answer
-
-def _shape(t):
-    return tuple(t.shape)
-
-
-def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None):
-    """raise ValueError for an argument of the wrong rank, shape, dtype or device."""
-    def fail(name, t, expected):
-        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; "
-                         f"expected {expected}")
-    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.dtype not in floats:
-        raise ValueError(f"selective_scan: u must be a real floating (b, d, l) tensor, got "
-                         f"{_shape(u) if isinstance(u, torch.Tensor) else type(u).__name__}")
-    b, d, l = u.shape
-    args = dict(delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    for name, t in args.items():
-        if t is None:
-            if name in ("delta", "A", "B", "C"):
-                raise ValueError(f"selective_scan: {name} is required")
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"selective_scan: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype not in floats:
-            what = "complex A is not supported (real A only)" if t.is_complex() else "a real floating dtype"
-            fail(name, t, what)
-        if t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
-    n = A.shape[1] if A.dim() == 2 else None
-    if A.dim() != 2 or A.shape[0] != d:
-        fail("A", A, f"(d, n) with d = {d}")
-    for name in ("delta", "z"):
-        if args[name] is not None and _shape(args[name]) != (b, d, l):
-            fail(name, args[name], f"(b, d, l) = {(b, d, l)}, like u")
-    for name in ("B", "C"):
-        if _shape(args[name]) != (b, n, l):
-            fail(name, args[name], f"(b, n, l) = {(b, n, l)} (variable, one group: grouped (b, g, n, l) "
-                                   "and constant (d, n) B/C are not supported)")
-    for name in ("D", "delta_bias"):
-        if args[name] is not None and _shape(args[name]) != (d,):
-            fail(name, args[name], f"(d,) = ({d},)")
-
-
-def example_inputs(b, d, l, n, dtype=torch.float32, device="cpu", seed=0):
-    """seeded inputs in model.py's layout, leaves that require grad, and a gradient g for out: u, delta, z are
-    transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor. The global RNG is not touched.
-    What the probe, bench.py and the tests run the kernels on."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def r(*s):
-        return torch.randn(*s, generator=gen).to(device)
-
-    def act():  # (b, l, d) -> (b, d, l) view
-        return r(b, l, d).to(dtype).transpose(1, 2)
-    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)  # (b, 2n, l)
-    # A, D, delta_bias stay fp32, as model.py's parameters under autocast
-    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
-             delta_bias=r(d) / 2)
-    return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
+Tensor = torch.Tensor
+# what selective_scan and its backends return: out (b, d, l), or with return_last_state=True the pair (out,
+# the last state (b, d, n))
+ScanOut = Any
 
 # -----------------------------------------------------------------------------
 # pure-PyTorch reference
@@ -243,15 +190,19 @@ def _naive(u, dt, A, B, C):
     return torch.stack(ys, dim=2), h.detach()
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False):
+def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                         delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                         return_last_state: bool = False) -> ScanOut:
     """The pure-PyTorch backend. Accepts any strides; returns u's dtype."""
     out, last = _reference(_chunked, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return (out, last) if return_last_state else out
 
 
-def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False):
+def selective_scan_naive(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                         delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                         return_last_state: bool = False) -> ScanOut:
     """mamba's selective_scan_ref / mamba-minimal: (b, d, l, n) tensors, a time loop with index slicing,
     plain autograd. Correct and simple, but O(b*d*l*n) saved activations and an O(l^2) backward."""
     out, last = _reference(_naive, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
@@ -449,11 +400,10 @@ if HAS_TRITON:
         tl.store(dW_ptr + w + N, dD, mask=dmask)
         tl.store(dW_ptr + w + N + 1, dbias, mask=dmask)
 
-# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward. NOT timed (no GPU was lent while
-# writing this): picked by compiling ahead of time for sm_90 (b=64 d=1024 n=16, fp32 and bf16) and counting
-# registers, spills and the chunk loop's instructions per (b, d, l, n) element (docs/scan.md §2). BT 32 keeps
-# the saved states as small as before (BT 16 ran ~12% fewer backward instructions, without spills, for twice
-# the states); the (BT, NP, BD) blocks hold 64 (forward) and 32 (backward) fp32 values per thread.
+# channel-contiguous? -> BT, (BD, warps) forward, (BD, warps) backward: picked by compiling ahead of time for
+# sm_90 and counting registers, spills and the chunk loop's instructions per element (docs/scan.md §2, which
+# also says what is not timed yet). BT 32: half the saved states of BT 16, for ~12% more backward
+# instructions; the (BT, NP, BD) blocks hold 64 (forward) and 32 (backward) fp32 values per thread.
 _TILES = {True: (32, (32, 8), (8, 4)), False: (32, (32, 8), (8, 4))}
 
 
@@ -532,8 +482,10 @@ class _ScanTriton(torch.autograd.Function):
         return *grads, None, None
 
 
-def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, deterministic=False):
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                          delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                          return_last_state: bool = False, deterministic: bool = False) -> ScanOut:
     """The Triton backend: CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before import."""
     if not HAS_TRITON or (u.device.type != "cuda" and not INTERPRET):
         raise RuntimeError("the triton backend needs triton, and CUDA tensors or TRITON_INTERPRET=1 set "
@@ -546,14 +498,115 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
+# input checks: what no backend can compute gets a ValueError naming the argument, not a wrong answer
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                 z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None) -> None:
+    """raise ValueError for an argument of the wrong rank, shape, dtype or device."""
+    def fail(name, t, expected):
+        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; "
+                         f"expected {expected}")
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.dtype not in floats:
+        raise ValueError(f"selective_scan: u must be a real floating (b, d, l) tensor, got "
+                         f"{_shape(u) if isinstance(u, torch.Tensor) else type(u).__name__}")
+    b, d, l = u.shape
+    args = dict(delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    for name, t in args.items():
+        if t is None:
+            if name in ("delta", "A", "B", "C"):
+                raise ValueError(f"selective_scan: {name} is required")
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"selective_scan: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in floats:
+            what = "complex A is not supported (real A only)" if t.is_complex() else "a real floating dtype"
+            fail(name, t, what)
+        if t.device != u.device:
+            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
+    n = A.shape[1] if A.dim() == 2 else None
+    if A.dim() != 2 or A.shape[0] != d:
+        fail("A", A, f"(d, n) with d = {d}")
+    for name in ("delta", "z"):
+        if args[name] is not None and _shape(args[name]) != (b, d, l):
+            fail(name, args[name], f"(b, d, l) = {(b, d, l)}, like u")
+    for name in ("B", "C"):
+        if _shape(args[name]) != (b, n, l):
+            fail(name, args[name], f"(b, n, l) = {(b, n, l)} (variable, one group: grouped (b, g, n, l) "
+                                   "and constant (d, n) B/C are not supported)")
+    for name in ("D", "delta_bias"):
+        if args[name] is not None and _shape(args[name]) != (d,):
+            fail(name, args[name], f"(d,) = ({d},)")
+
+
+def example_inputs(b: int, d: int, l: int, n: int, dtype: torch.dtype = torch.float32, device: Any = "cpu",
+                   seed: int = 0) -> Tuple[Dict[str, Tensor], Tensor]:
+    """seeded inputs in model.py's layout, leaves that require grad, and a gradient g for out: u, delta, z are
+    transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor. The global RNG is not touched.
+    What the probe, bench.py and the tests run the kernels on."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=gen).to(device)
+
+    def act():  # (b, l, d) -> (b, d, l) view
+        return r(b, l, d).to(dtype).transpose(1, 2)
+    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)  # (b, 2n, l)
+    # A, D, delta_bias stay fp32, as model.py's parameters under autocast
+    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
+             delta_bias=r(d) / 2)
+    return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
+
+# -----------------------------------------------------------------------------
 # dispatch
 
 BACKENDS = ("auto", "torch", "cpu", "triton")
-_fallback_reason = {}  # kernel -> why "auto" no longer tries it in this process
-_probed = set()        # (kernel, device type, dtype) that ran forward and backward once: "auto" commits to it
+_fallback_reason: Dict[str, str] = {}  # kernel -> why "auto" no longer tries it in this process
+# (kernel, device type, dtype) that ran forward and backward once: "auto" commits to it
+_probed: Set[Tuple[str, str, torch.dtype]] = set()
 
 
-def resolve_backend(backend, device):
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False, *, backend: str = "auto", deterministic: bool = False,
+                   return_last_state: bool = False) -> ScanOut:
+    """See the module docstring. `deterministic` matters for triton only (fixed-order dB/dC sums); the torch
+    and cpu backends always sum in a fixed order. "auto" probes its kernel once per device type and dtype
+    (forward and backward on a tiny input) and then commits to it: a kernel that cannot run here is never
+    half-used, and a later failure is a real error, not a silent switch."""
+    if torch.compiler.is_compiling() and resolve_backend(backend, u.device) == "torch":
+        # the op's backward reruns the forward under autograd, which plain torch ops don't record in an op
+        raise RuntimeError("selective_scan: torch.compile needs the cpu or triton backend (the torch "
+                           "backend's backward cannot run inside the compiled op); use backend='auto'")
+    if torch.compiler.is_compiling():  # one opaque op for dynamo (the checks ran when the op was traced)
+        out, last = scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), backend,
+                            bool(deterministic))
+        return (out, last) if return_last_state else out
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    return dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, deterministic,
+                    return_last_state)
+
+
+def dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, deterministic, return_last_state):
+    """selective_scan on checked inputs: the backend `backend` resolves to (ssm_scan_compile's op calls it)"""
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    chosen = resolve_backend(backend, u.device)
+    # (SSM_SCAN_BACKEND picks the kernel "auto" probes: how the tests stand in for a CUDA machine)
+    if backend == "auto" and chosen != "torch" and (chosen, u.device.type, u.dtype) not in _probed:
+        if not _probe(chosen, u.device, u.dtype):
+            chosen = "torch"
+    if chosen == "torch":
+        return selective_scan_torch(*args)
+    if chosen == "cpu":
+        return selective_scan_cpu(*args)
+    return selective_scan_triton(*args, deterministic=deterministic)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
     """What "auto" means on `device`: the kernel of the device (cpu or triton), unless it already failed in
     this process. CPU tensors take cpu even under TRITON_INTERPRET=1 (set for every test): ask for triton."""
     if backend == "auto":
@@ -569,7 +622,7 @@ def resolve_backend(backend, device):
     return kernel
 
 
-def fallbacks():
+def fallbacks() -> Dict[str, str]:
     """{kernel: why} for every kernel that "auto" gave up on in this process (train.py logs them)"""
     return dict(_fallback_reason)
 
@@ -598,105 +651,6 @@ def _probe(kernel, device, dtype):
         return False
     _probed.add((kernel, device.type, dtype))
     return True
-
-
-# -----------------------------------------------------------------------------
-# torch.compile: the scan as one opaque custom op. Dynamo would otherwise trace into the ctypes and Triton
-# launches (Inductor failed on the Triton launch's stride tuples); eager calls never go through it, so eager
-# bits are unchanged. Its backward recomputes the forward under autograd (a compiled graph cannot hold the
-# kernels' saved chunk states), so a compiled Mamba step does one more scan forward than an eager one.
-
-def _eager_scan(u, delta, A, B, C, D, z, delta_bias, softplus, backend, deterministic):
-    return _dispatch(u, delta, A, B, C, D, z, delta_bias, softplus, backend, deterministic, True)
-
-
-@torch.library.custom_op("icl_hybrids::selective_scan", mutates_args=())
-def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-             D: Optional[torch.Tensor], z: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-             softplus: bool, backend: str, deterministic: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        out, last = _eager_scan(u, delta, A, B, C, D, z, delta_bias, softplus, backend, deterministic)
-    return out.contiguous(), last.contiguous()  # the layout the fake implementation promises
-
-
-@_scan_op.register_fake
-def _scan_op_fake(u, delta, A, B, C, D, z, delta_bias, softplus, backend, deterministic):
-    b, d, _ = u.shape
-    state = torch.promote_types(torch.float32, u.dtype)
-    out = torch.empty_like(u, memory_format=torch.contiguous_format)
-    return out, u.new_empty(b, d, A.shape[1], dtype=state)
-
-
-@torch.library.custom_op("icl_hybrids::selective_scan_backward", mutates_args=())
-def _scan_backward_op(g: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                      C: torch.Tensor, D: Optional[torch.Tensor], z: Optional[torch.Tensor],
-                      delta_bias: Optional[torch.Tensor], softplus: bool, backend: str,
-                      deterministic: bool) -> List[torch.Tensor]:
-    inputs = [u, delta, A, B, C, D, z, delta_bias]
-    with torch.enable_grad():
-        x = [None if t is None else t.detach().requires_grad_() for t in inputs]
-        out, _ = _eager_scan(*x, softplus, backend, deterministic)
-        wanted = [t for t in x if t is not None]
-        grads = iter(torch.autograd.grad(out, wanted, g))
-    # absent D, z, bias: empty tensors (a custom op returns tensors only)
-    # (clones: autograd may hand back g itself or a view of it, and an op's outputs must not alias its inputs)
-    return [next(grads).clone(memory_format=torch.contiguous_format) if t is not None else u.new_empty(0)
-            for t in x]
-
-
-@_scan_backward_op.register_fake
-def _scan_backward_op_fake(g, u, delta, A, B, C, D, z, delta_bias, softplus, backend, deterministic):
-    inputs = [u, delta, A, B, C, D, z, delta_bias]
-    return [u.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-            for t in inputs]
-
-
-def _scan_op_setup(ctx, inputs, output):
-    ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in inputs[:8]])
-    ctx.present = [t is not None for t in inputs[:8]]
-    ctx.options = inputs[8:]
-
-
-def _scan_op_backward(ctx, g, _glast):
-    saved = [t if present else None for t, present in zip(ctx.saved_tensors, ctx.present)]
-    grads = _scan_backward_op(g, *saved, *ctx.options)
-    return *[gr if present else None for gr, present in zip(grads, ctx.present)], None, None, None
-
-
-_scan_op.register_autograd(_scan_op_backward, setup_context=_scan_op_setup)
-
-
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
-                   backend="auto", deterministic=False, return_last_state=False):
-    """See the module docstring. `deterministic` matters for triton only (fixed-order dB/dC sums); the torch
-    and cpu backends always sum in a fixed order. "auto" probes its kernel once per device type and dtype
-    (forward and backward on a tiny input) and then commits to it: a kernel that cannot run here is never
-    half-used, and a later failure is a real error, not a silent switch."""
-    if torch.compiler.is_compiling() and resolve_backend(backend, u.device) == "torch":
-        # the op's backward reruns the forward under autograd, which plain torch ops don't record in an op
-        raise RuntimeError("selective_scan: torch.compile needs the cpu or triton backend (the torch "
-                           "backend's backward cannot run inside the compiled op); use backend='auto'")
-    if torch.compiler.is_compiling():  # one opaque op for dynamo (the checks ran when the op was traced)
-        out, last = _scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), backend,
-                             bool(deterministic))
-        return (out, last) if return_last_state else out
-    check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    return _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, deterministic,
-                     return_last_state)
-
-
-def _dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, deterministic, return_last_state):
-    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    chosen = resolve_backend(backend, u.device)
-    # (SSM_SCAN_BACKEND picks the kernel "auto" probes: how the tests stand in for a CUDA machine)
-    if backend == "auto" and chosen != "torch" and (chosen, u.device.type, u.dtype) not in _probed:
-        if not _probe(chosen, u.device, u.dtype):
-            chosen = "torch"
-    if chosen == "torch":
-        return selective_scan_torch(*args)
-    if chosen == "cpu":
-        return selective_scan_cpu(*args)
-    return selective_scan_triton(*args, deterministic=deterministic)
 
 
 if __name__ == "__main__":  # `python ssm_scan.py`: bench.py's check of every kernel, then its timing table

@@ -24,6 +24,7 @@ import evaluate
 import harness
 import model
 import ssm_scan
+import ssm_scan_compile
 import ssm_scan_cpu
 import tasks
 import train
@@ -412,7 +413,7 @@ def test_scan_custom_op_registration_passes_torch_opcheck():
     x = {k: v.float() for k, v in scan_inputs(b=2, d=3, l=7, n=4).items()}
     for opts in (dict(), dict(D=None, z=None, delta_bias=None)):
         args = {**x, **opts}
-        torch.library.opcheck(ssm_scan._scan_op, (args["u"], args["delta"], args["A"], args["B"], args["C"],
+        torch.library.opcheck(ssm_scan_compile.scan_op, (args["u"], args["delta"], args["A"], args["B"], args["C"],
                                                   args["D"], args["z"], args["delta_bias"], True, "torch", False))
 
 
