@@ -139,8 +139,8 @@ def scan_timing(fn, x, g):
 
 def check_table(name, fn, cases, shape):
     # the kernel against the fp64 torch reference: max error over max |reference|, per output
-    print(f"\n| {name}, (b, d, l, n) = {shape}: max err / max ref | out | du | ddelta | dA | dB | dC | dD | dz | "
-          "ddelta_bias |\n" + "|---" * 10 + "|")
+    print(f"\n| {name}, (b, d, l, n) = {shape}: max err / max ref | out | du | ddelta | dA | dB | dC | dD "
+          "| dz | ddelta_bias |\n" + "|---" * 10 + "|")
     for dtype, det in cases:
         x, g = ssm_scan.example_inputs(*shape, dtype, device)
         x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}

@@ -25,8 +25,8 @@ from tqdm import tqdm
 import tasks
 from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
-from harness import (UserError, atomic_write, check_device, load_checkpoint, run_command, save_figure, serialize,
-                     short, step_checkpoints)
+from harness import (UserError, atomic_write, check_device, load_checkpoint, run_command, save_figure,
+                     serialize, short, step_checkpoints)
 from configurator import help_text, parse_value
 
 # -----------------------------------------------------------------------------
@@ -329,8 +329,10 @@ def fmt_score(s, digits=3):
 # -----------------------------------------------------------------------------
 # the results cache: every predictor's errors on a prompt set, stored once
 
-# what the numbers depend on besides the settings: a changed sampler, model, scan or baseline recomputes
-_SOURCES = ('tasks.py', 'model.py', 'ssm_scan.py', 'baselines.py', 'evaluate.py')
+# what the numbers depend on besides the settings: a changed sampler, model, scan (the C++ kernel too) or
+# baseline recomputes
+_SOURCES = ('tasks.py', 'model.py', 'ssm_scan.py', 'ssm_scan_cpu.py', 'ssm_scan_cpu.cpp', 'baselines.py',
+            'evaluate.py')
 
 
 def _sources_digest():
@@ -432,8 +434,7 @@ def baseline_identity(name, plan):
 def evaluate_run(plan, cfg, results):
     """every checkpoint of the run and every baseline on each prompt set (the task's, and each OOD variant):
     from the cache where it holds them, computed otherwise. Returns one result dict per prompt set."""
-    task, base = plan['task'], plan['base']
-    names = list(dict.fromkeys([base, *plan['record'].plot_baselines, *cfg['extra']]))
+    names = list(dict.fromkeys([plan['base'], *plan['record'].plot_baselines, *cfg['extra']]))
     variants = [''] + cfg['variants']
     digests = {}
     for path in plan['paths']:
@@ -458,51 +459,62 @@ def evaluate_run(plan, cfg, results):
     with tqdm(total=len(missing) * cfg['n_prompts'], desc=os.path.basename(os.path.normpath(plan['run'])),
               unit='prompt', unit_scale=True, leave=False, disable=None) as bar:
         for variant, what in missing:
-            key = todo[variant, what]
-            if what in digests:
-                try:
-                    model, step = build_model(what, task, plan['n_dims'], plan['n_pts'], cfg['device'])
-                except UserError:
-                    if os.path.exists(what) or what == plan['paths'][-1]:
-                        raise
-                    print(f"note: {what} disappeared while being read; skipped")
-                    continue
-                err = errors(partial(model_predict, model), plan, variant, cfg, bar)
-                results.put(key, summarize(err, step=step))
-                continue
-            try:
-                err = errors(baseline_fn(what, plan, cfg), plan, variant, cfg, bar)
-            except ImportError as e:
-                package = PIP_NAMES.get(e.name, e.name)
-                raise UserError(f"baseline {what} needs the optional package {package} "
-                                f"(pip install {package})")
-            results.put(key, summarize(err))
+            compute_curve(what, what in digests, variant, todo[variant, what], plan, cfg, results, bar)
     rows = []
-    rc = plan['rc']
     for variant in variants:
-        c = {name: results.get(todo[variant, name]) for name in ['zero', *names]}
-        ckpts = []
-        seen = set()
-        for path, digest in digests.items():
-            entry = results.get(todo[variant, path])
-            # ckpt.pt as a copy of the last step checkpoint (after cp -r, hard links become copies)
-            if entry is None or entry['step'] in seen:
-                continue
-            seen.add(entry['step'])
-            s = score(entry['per_prompt'], c['zero']['per_prompt'], c[base]['per_prompt'])
-            ckpts.append(dict(step=entry['step'], file=os.path.basename(path), sha256=digest[:16],
-                              mean=entry['mean'], se=entry['se'], score=s))
-        ckpts.sort(key=lambda k: k['step'])
-        scored = {n: dict(mean=c[n]['mean'], se=c[n]['se'],
-                          score=score(c[n]['per_prompt'], c['zero']['per_prompt'], c[base]['per_prompt']))
-                  for n in names}
-        res = dict(run=plan['run'], run_id=plan['run_id'], arch=rc.get('arch', '?'), trained_task=rc['task'],
-                   task=task, variant=variant or 'standard', n_prompts=cfg['n_prompts'],
-                   n_points=plan['n_pts'], n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base,
-                   positions=plan['positions'], score=ckpts[-1]['score'],
-                   zero=dict(mean=c['zero']['mean'], se=c['zero']['se']), baselines=scored, checkpoints=ckpts)
-        rows.append(save_result(res, plan, variant, cfg))
+        curves = {name: results.get(todo[variant, name]) for name in ['zero', *names]}
+        entries = [(path, digest, results.get(todo[variant, path])) for path, digest in digests.items()]
+        rows.append(save_result(run_result(plan, cfg, variant, names, curves, entries), plan, variant, cfg))
     return rows
+
+
+def compute_curve(what, is_checkpoint, variant, key, plan, cfg, results, bar):
+    """one error curve into the cache: a checkpoint's (`what` its path) or a baseline's (`what` its name)"""
+    if is_checkpoint:
+        try:
+            model, step = build_model(what, plan['task'], plan['n_dims'], plan['n_pts'], cfg['device'])
+        except UserError:
+            if os.path.exists(what) or what == plan['paths'][-1]:
+                raise
+            print(f"note: {what} disappeared while being read; skipped")
+            return
+        err = errors(partial(model_predict, model), plan, variant, cfg, bar)
+        results.put(key, summarize(err, step=step))
+        return
+    try:
+        err = errors(baseline_fn(what, plan, cfg), plan, variant, cfg, bar)
+    except ImportError as e:
+        package = PIP_NAMES.get(e.name, e.name)
+        raise UserError(f"baseline {what} needs the optional package {package} (pip install {package})")
+    results.put(key, summarize(err))
+
+
+def run_result(plan, cfg, variant, names, curves, entries):
+    """the result of one prompt set: each checkpoint's curve and score (entries: (path, digest, cached
+    curve)), each baseline's (curves: by name), the zero predictor's"""
+    base = plan['base']
+    zero = curves['zero']['per_prompt']
+    ckpts = []
+    seen = set()
+    for path, digest, entry in entries:
+        # ckpt.pt as a copy of the last step checkpoint (after cp -r, hard links become copies)
+        if entry is None or entry['step'] in seen:
+            continue
+        seen.add(entry['step'])
+        s = score(entry['per_prompt'], zero, curves[base]['per_prompt'])
+        ckpts.append(dict(step=entry['step'], file=os.path.basename(path), sha256=digest[:16],
+                          mean=entry['mean'], se=entry['se'], score=s))
+    ckpts.sort(key=lambda k: k['step'])
+    scored = {n: dict(mean=curves[n]['mean'], se=curves[n]['se'],
+                      score=score(curves[n]['per_prompt'], zero, curves[base]['per_prompt']))
+              for n in names}
+    rc = plan['rc']
+    return dict(run=plan['run'], run_id=plan['run_id'], arch=rc.get('arch', '?'), trained_task=rc['task'],
+                task=plan['task'], variant=variant or 'standard', n_prompts=cfg['n_prompts'],
+                n_points=plan['n_pts'], n_dims=plan['n_dims'], seed=cfg['seed'], score_baseline=base,
+                positions=plan['positions'], score=ckpts[-1]['score'],
+                zero=dict(mean=curves['zero']['mean'], se=curves['zero']['se']), baselines=scored,
+                checkpoints=ckpts)
 
 
 def result_tag(plan, variant, cfg):

@@ -125,6 +125,23 @@ def _cpu_build(compiler, flags, path):
         os.replace(digest, path + ".sha256")
 
 
+def _cpu_build_once(compiler, flags, path):
+    """build the library at `path`: one process builds (a file lock), the others wait, then find it built"""
+    damaged = os.path.exists(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with _BuildLock(path):
+            if not _cpu_verified(path):  # another process may have built it while this one waited
+                _cpu_build(compiler, flags, path)
+    except (OSError, subprocess.SubprocessError, CPUBuildError) as e:
+        why = f"cannot build in {os.path.dirname(path)}: {e}"
+        if isinstance(e, CPUBuildError):
+            why = str(e)
+        if damaged:  # name the file, which is what a user would delete
+            why = f"{path} fails its checksum and cannot be rebuilt: {why}"
+        raise CPUBuildError(why) from e
+
+
 def _cpu_library():
     """the compiled library, built on first use into the cache (a changed source, flag set or CXX gets a new
     file name, so it rebuilds; a file that does not match its checksum is rebuilt). Raises CPUBuildError with
@@ -146,19 +163,7 @@ def _cpu_library():
         key = hashlib.sha256(keyed.encode()).hexdigest()[:16]
         path = os.path.join(_cpu_cache_dir(), f"ssm_scan_cpu-{key}-{isa}.so")
         if not _cpu_verified(path):
-            damaged = os.path.exists(path)
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with _BuildLock(path):
-                    if not _cpu_verified(path):  # another process may have built it while this one waited
-                        _cpu_build(compiler, flags, path)
-            except (OSError, subprocess.SubprocessError, CPUBuildError) as e:
-                why = f"cannot build in {os.path.dirname(path)}: {e}"
-                if isinstance(e, CPUBuildError):
-                    why = str(e)
-                if damaged:  # name the file, which is what a user would delete
-                    why = f"{path} fails its checksum and cannot be rebuilt: {why}"
-                raise CPUBuildError(why) from e
+            _cpu_build_once(compiler, flags, path)
         try:
             lib = ctypes.CDLL(path)
         except OSError as e:

@@ -910,7 +910,8 @@ def test_evaluate_says_what_it_computes_before_a_long_silence(tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# the repository keeps its promises: the README's quick start, the study scripts, the docs it cites
+# the repository keeps its promises: the README's quick start, the study scripts, the paper sweep (the
+# docs and results it cites: test_lint.py)
 
 @slow
 def test_readme_quickstart_runs(tmp_path):
@@ -951,37 +952,6 @@ def test_study_specs_name_every_run_once_and_the_study_script_trains_each_spec_o
     script = open(os.path.join(ROOT, "results", "study.sh")).read()
     trained = re.findall(r"^\s+train ([\w ]+?)\s*(?:#.*)?$", script, re.M)
     assert sorted(" ".join(trained).split()) == specs
-
-
-def test_repository_cites_only_files_and_sections_it_holds():
-    cited = set()
-    for folder, _, files in os.walk(ROOT):
-        if os.path.relpath(folder, ROOT).split(os.sep)[0] in (".git", "out", "__pycache__", ".pytest_cache"):
-            continue
-        for f in files:
-            if f.endswith((".py", ".md", ".sh")):
-                text = open(os.path.join(folder, f), encoding="utf-8").read()
-                cited |= set(re.findall(r"\b(docs/[\w.-]+\.md)((?: ?§[\d.]+(?:-§?[\d.]+)?)?)", text))
-    assert cited, "no citations found: the pattern is wrong"
-    for path, sections in cited:
-        assert os.path.isfile(os.path.join(ROOT, path)), f"{path} is cited but not in the repository"
-        doc = open(os.path.join(ROOT, path), encoding="utf-8").read()
-        for number in re.findall(r"[\d.]+", sections):
-            assert re.search(rf"^#+ §{re.escape(number.rstrip('.'))}\b", doc, re.M), f"{path} has no §{number}"
-    text = open(os.path.join(ROOT, "README.md")).read() + open(os.path.join(ROOT, "RESULTS.md")).read()
-    assert "../shared" not in text and "shared/docs" not in text
-
-
-def test_readme_and_results_cite_only_result_files_the_repository_holds():
-    # every number in README.md and RESULTS.md comes from a file under results/: the files they name exist
-    # (results/paper_table3.md is what results/paper.sh writes on a GPU machine: named, not yet made)
-    missing = []
-    for name in ("README.md", "RESULTS.md"):
-        text = open(os.path.join(ROOT, name), encoding="utf-8").read()
-        for path in set(re.findall(r"\bresults/[\w.-]+\.(?:md|csv|png|txt|sh|py)\b", text)):
-            if path != "results/paper_table3.md" and not os.path.isfile(os.path.join(ROOT, path)):
-                missing.append(f"{name}: {path}")
-    assert not missing, missing
 
 
 def test_paper_sweep_dry_run_lists_the_72_runs():

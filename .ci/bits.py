@@ -16,8 +16,8 @@ import tempfile
 
 import torch
 
-TINY = ['--n_layer=2', '--n_embd=32', '--n_head=4', '--max_iters=12', '--ckpt_interval=12', '--log_interval=1',
-        '--eval_interval=6', '--batch_size=8', '--device=cpu']
+TINY = ['--n_layer=2', '--n_embd=32', '--n_head=4', '--max_iters=12', '--ckpt_interval=12',
+        '--log_interval=1', '--eval_interval=6', '--batch_size=8', '--device=cpu']
 PRESETS = sorted(f for f in os.listdir('configs') if f.endswith('.py') and f[:-3] not in
                  ('linear_regression', 'sparse_linear_regression', 'relu2nn_regression', 'decision_tree',
                   'sparse_parity', 'mqar'))
