@@ -29,6 +29,7 @@ if not torch.cuda.is_available():  # the Triton kernel runs on CPU tensors in it
 import configurator
 import model as model_module
 import ssm_scan
+import ssm_scan_guard
 import train
 from harness import UserError
 from model import ICLModel
@@ -142,7 +143,7 @@ def check_table(name, fn, cases, shape):
     print(f"\n| {name}, (b, d, l, n) = {shape}: max err / max ref | out | du | ddelta | dA | dB | dC | dD "
           "| dz | ddelta_bias |\n" + "|---" * 10 + "|")
     for dtype, det in cases:
-        x, g = ssm_scan.example_inputs(*shape, dtype, device)
+        x, g = ssm_scan_guard.example_inputs(*shape, dtype, device)
         x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
         ref = outputs_and_grads(ssm_scan.selective_scan_torch, x64, g.double())
         got = outputs_and_grads(fn, x, g, **({"deterministic": True} if det else {}))
@@ -181,7 +182,7 @@ if 'scan' in sections:
         shapes = [(64, d, 16, l, dt) for d in (1024, 512) for dt in (torch.float32, torch.bfloat16)
                   for l in (82, 202, 282)]
     for b, d, n, l, dtype in shapes:
-        x, g = ssm_scan.example_inputs(b, d, l, n, dtype, device)
+        x, g = ssm_scan_guard.example_inputs(b, d, l, n, dtype, device)
         timed = {name: scan_timing(fn, x, g) for name, fn in fns.items()}
         for name, (fwd, _, both, rate, act, peak) in timed.items():
             print(f"| {b}, {d}, {n}, {l} | {str(dtype)[6:]} | {name} | {fwd:.2f} | {both:.2f} | "

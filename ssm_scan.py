@@ -33,9 +33,9 @@ Backends, one contract (any strides in, u's dtype out, math in fp32, or fp64 for
   A default CPU run therefore trains through the C++ kernel: an edit to the torch reference alone changes
   it only with backend="torch" (--scan_backend=torch).
 `selective_scan_naive`, the per-timestep loop most reference code uses, is the tests' oracle. Reading order:
-the reference, the Triton pair, the input checks, the dispatch; under torch.compile the scan is one custom
-op (ssm_scan_compile.py). `python ssm_scan.py` (= `python bench.py --sections=check,scan`) checks the kernels
-against the fp64 reference, then times them.
+the reference, the Triton pair, the dispatch. What guards them (the input checks, auto's probe, the custom op
+under torch.compile) is ssm_scan_guard.py. `python ssm_scan.py` (= `python bench.py --sections=check,scan`)
+checks the kernels against the fp64 reference, then times them.
 
 The backward, derived (every backend computes this). With g = dloss/dout and sigma the sigmoid:
     ybar[t] = g[t] * silu(z[t])                                  dloss/dy
@@ -54,13 +54,13 @@ re-runs each chunk's forward from its saved state, right to left, then the adjoi
 import importlib.util
 import os
 import sys
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
-from ssm_scan_compile import scan_op
 from ssm_scan_cpu import selective_scan_cpu
+from ssm_scan_guard import check_inputs, fallbacks, probe, scan_op
 
 Tensor = torch.Tensor
 # what selective_scan and its backends return: out (b, d, l), or with return_last_state=True the pair (out,
@@ -498,76 +498,9 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
-# input checks: what no backend can compute gets a ValueError naming the argument, not a wrong answer
-
-def _shape(t):
-    return tuple(t.shape)
-
-
-def check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
-                 z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None) -> None:
-    """raise ValueError for an argument of the wrong rank, shape, dtype or device."""
-    def fail(name, t, expected):
-        raise ValueError(f"selective_scan: {name} has shape {_shape(t)} and dtype {t.dtype}; "
-                         f"expected {expected}")
-    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    if not isinstance(u, torch.Tensor) or u.dim() != 3 or u.dtype not in floats:
-        raise ValueError(f"selective_scan: u must be a real floating (b, d, l) tensor, got "
-                         f"{_shape(u) if isinstance(u, torch.Tensor) else type(u).__name__}")
-    b, d, l = u.shape
-    args = dict(delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    for name, t in args.items():
-        if t is None:
-            if name in ("delta", "A", "B", "C"):
-                raise ValueError(f"selective_scan: {name} is required")
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"selective_scan: {name} must be a tensor, got {type(t).__name__}")
-        if t.dtype not in floats:
-            what = "complex A is not supported (real A only)" if t.is_complex() else "a real floating dtype"
-            fail(name, t, what)
-        if t.device != u.device:
-            raise ValueError(f"selective_scan: {name} is on {t.device} but u is on {u.device}")
-    n = A.shape[1] if A.dim() == 2 else None
-    if A.dim() != 2 or A.shape[0] != d:
-        fail("A", A, f"(d, n) with d = {d}")
-    for name in ("delta", "z"):
-        if args[name] is not None and _shape(args[name]) != (b, d, l):
-            fail(name, args[name], f"(b, d, l) = {(b, d, l)}, like u")
-    for name in ("B", "C"):
-        if _shape(args[name]) != (b, n, l):
-            fail(name, args[name], f"(b, n, l) = {(b, n, l)} (variable, one group: grouped (b, g, n, l) "
-                                   "and constant (d, n) B/C are not supported)")
-    for name in ("D", "delta_bias"):
-        if args[name] is not None and _shape(args[name]) != (d,):
-            fail(name, args[name], f"(d,) = ({d},)")
-
-
-def example_inputs(b: int, d: int, l: int, n: int, dtype: torch.dtype = torch.float32, device: Any = "cpu",
-                   seed: int = 0) -> Tuple[Dict[str, Tensor], Tensor]:
-    """seeded inputs in model.py's layout, leaves that require grad, and a gradient g for out: u, delta, z are
-    transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor. The global RNG is not touched.
-    What the probe, bench.py and the tests run the kernels on."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def r(*s):
-        return torch.randn(*s, generator=gen).to(device)
-
-    def act():  # (b, l, d) -> (b, d, l) view
-        return r(b, l, d).to(dtype).transpose(1, 2)
-    BC = r(b, l, 2 * n).to(dtype).transpose(1, 2)  # (b, 2n, l)
-    # A, D, delta_bias stay fp32, as model.py's parameters under autocast
-    x = dict(u=act(), delta=act() / 2 - 2, A=-r(d, n).exp(), B=BC[:, :n], C=BC[:, n:], D=r(d), z=act(),
-             delta_bias=r(d) / 2)
-    return {k: v.detach().requires_grad_() for k, v in x.items()}, r(b, d, l).to(dtype)
-
-# -----------------------------------------------------------------------------
 # dispatch
 
 BACKENDS = ("auto", "torch", "cpu", "triton")
-_fallback_reason: Dict[str, str] = {}  # kernel -> why "auto" no longer tries it in this process
-# (kernel, device type, dtype) that ran forward and backward once: "auto" commits to it
-_probed: Set[Tuple[str, str, torch.dtype]] = set()
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
@@ -592,12 +525,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 
 def dispatch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, deterministic, return_last_state):
-    """selective_scan on checked inputs: the backend `backend` resolves to (ssm_scan_compile's op calls it)"""
+    """selective_scan on checked inputs, by the backend `backend` resolves to (the compiled op calls it)"""
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     chosen = resolve_backend(backend, u.device)
     # (SSM_SCAN_BACKEND picks the kernel "auto" probes: how the tests stand in for a CUDA machine)
-    if backend == "auto" and chosen != "torch" and (chosen, u.device.type, u.dtype) not in _probed:
-        if not _probe(chosen, u.device, u.dtype):
+    if backend == "auto" and chosen != "torch":
+        kernel = selective_scan_cpu if chosen == "cpu" else selective_scan_triton
+        if not probe(chosen, kernel, u.device, u.dtype):
             chosen = "torch"
     if chosen == "torch":
         return selective_scan_torch(*args)
@@ -617,40 +551,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return backend
     kernels = dict(cuda="triton", cpu="cpu")  # the fused kernel of each device type
     kernel = kernels.get(device.type)
-    if kernel is None or kernel in _fallback_reason or (kernel == "triton" and not HAS_TRITON):
+    if kernel is None or kernel in fallbacks() or (kernel == "triton" and not HAS_TRITON):
         return "torch"
     return kernel
-
-
-def fallbacks() -> Dict[str, str]:
-    """{kernel: why} for every kernel that "auto" gave up on in this process (train.py logs them)"""
-    return dict(_fallback_reason)
-
-
-def _fall_back(kernel, error):
-    reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
-    _fallback_reason[kernel] = reason
-    print(f"ssm_scan: the {kernel} scan failed ({reason}); using the torch backend instead", file=sys.stderr)
-
-
-def _probe(kernel, device, dtype):
-    """run `kernel` forward and backward once on a tiny input in model.py's layout; False (and one line on
-    stderr) if it cannot be built, compiled or launched here. Deterministic inputs: the RNG is not touched."""
-    x, _ = example_inputs(2, 4, 5, 2, dtype, device)
-    fn = selective_scan_cpu if kernel == "cpu" else selective_scan_triton
-    try:
-        # (the first call may come from inside the compiled custom op, where plain torch ops record no graph:
-        # out comes straight from the kernel's autograd.Function, and its grad is given, not summed)
-        with torch.enable_grad():
-            out = fn(**x, delta_softplus=True)
-            torch.autograd.grad(out, list(x.values()), torch.ones_like(out))
-    except Exception as e:  # noqa: BLE001 -- a build, compile or launch failure of any kind
-        if isinstance(e, torch.OutOfMemoryError):
-            raise
-        _fall_back(kernel, e)
-        return False
-    _probed.add((kernel, device.type, dtype))
-    return True
 
 
 if __name__ == "__main__":  # `python ssm_scan.py`: bench.py's check of every kernel, then its timing table

@@ -24,8 +24,8 @@ import evaluate
 import harness
 import model
 import ssm_scan
-import ssm_scan_compile
 import ssm_scan_cpu
+import ssm_scan_guard
 import tasks
 import train
 from conftest import ROOT, TINY, fake_run, metrics, one_error_line, python, run_train, same_tensors, state
@@ -233,8 +233,8 @@ def test_cpu_scan_is_bitwise_repeatable_whatever_the_thread_count():
 def _fresh_cpu_build(monkeypatch, tmp_path):
     monkeypatch.setenv("SSM_SCAN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ssm_scan_cpu, "_cpu_lib", None)
-    monkeypatch.setattr(ssm_scan, "_fallback_reason", {})
-    monkeypatch.setattr(ssm_scan, "_probed", set())
+    monkeypatch.setattr(ssm_scan_guard, "_fallback_reason", {})
+    monkeypatch.setattr(ssm_scan_guard, "_probed", set())
 
 
 def test_cpu_scan_falls_back_to_torch_when_it_cannot_be_built(monkeypatch, tmp_path, capsys):
@@ -305,7 +305,7 @@ def tiny_tiles(monkeypatch):
 
 def triton_inputs(b=2, d=3, l=13, n=4, dtype=torch.float32, layout="bld", drop=(), delta_shift=None):
     # u, delta, z transposed (b, l, d) activations, B and C slices of one (b, l, 2n) tensor
-    x, g = ssm_scan.example_inputs(b, d, l, n, dtype, "cpu")
+    x, g = ssm_scan_guard.example_inputs(b, d, l, n, dtype, "cpu")
     x = {k: v.detach().to(torch.float64) if dtype == torch.float64 else v.detach() for k, v in x.items()
          if k not in drop}
     if layout == "bdl":  # time-contiguous (b, d, l) tensors
@@ -391,8 +391,8 @@ def test_triton_scan_padded_states_match_naive(tiny_tiles, layout, n):
 def test_triton_scan_falls_back_to_torch_when_the_kernel_fails(monkeypatch, capsys, fails):
     # "auto" on a GPU whose Triton cannot compile or launch the kernel (forward or backward): its probe fails,
     # the torch backend runs, one line on stderr; nothing falls back inside a backward
-    monkeypatch.setattr(ssm_scan, "_fallback_reason", {})
-    monkeypatch.setattr(ssm_scan, "_probed", set())
+    monkeypatch.setattr(ssm_scan_guard, "_fallback_reason", {})
+    monkeypatch.setattr(ssm_scan_guard, "_probed", set())
     monkeypatch.setenv("SSM_SCAN_BACKEND", "triton")  # what "auto" picks on CUDA tensors, here on CPU ones
 
     def broken(*a, **k):
@@ -413,7 +413,7 @@ def test_scan_custom_op_registration_passes_torch_opcheck():
     x = {k: v.float() for k, v in scan_inputs(b=2, d=3, l=7, n=4).items()}
     for opts in (dict(), dict(D=None, z=None, delta_bias=None)):
         args = {**x, **opts}
-        torch.library.opcheck(ssm_scan_compile.scan_op, (args["u"], args["delta"], args["A"], args["B"], args["C"],
+        torch.library.opcheck(ssm_scan_guard.scan_op, (args["u"], args["delta"], args["A"], args["B"], args["C"],
                                                   args["D"], args["z"], args["delta_bias"], True, "torch", False))
 
 
@@ -465,7 +465,7 @@ def test_train_compile_true_trains_a_mamba(tmp_path):
 
 
 def test_scan_backend_dispatch(monkeypatch):
-    monkeypatch.setattr(ssm_scan, "_fallback_reason", {})
+    monkeypatch.setattr(ssm_scan_guard, "_fallback_reason", {})
     assert ssm_scan.resolve_backend("torch", torch.device("cpu")) == "torch"
     # CPU tensors take the cpu kernel, even under TRITON_INTERPRET=1 (every test runs under it); CUDA ones triton
     assert ssm_scan.resolve_backend("auto", torch.device("cpu")) == "cpu"
