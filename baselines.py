@@ -117,6 +117,57 @@ def parity_bayes(xs, ys, xq=None, k=2, context=True):
 # -----------------------------------------------------------------------------
 # lasso: an exact active-set solver, warm-started from one prefix to the next
 
+def _lasso_step(H, G, w, c, s, lam, eye):
+    """one active-set step of lasso's fits (rows of H, G, w, c, s), in place; the fits that are done"""
+    inf = math.inf
+    r = torch.arange(len(w), device=w.device)
+    active = s != 0
+    target = torch.bmm(H, (c - lam * s)[:, :, None])[:, :, 0]  # the optimum for the current signs
+    flips = (target * s <= 0) & active
+    flipping = flips.any(1)
+    frac, j_drop = torch.where(flips, w / (w - target), inf).min(1)  # first sign change on the way
+    grad = torch.bmm(G, target[:, :, None])[:, :, 0] - c               # of the smooth part, at target
+    violation, j_add = torch.where(active, -inf, grad.abs() - lam * (1 + 1e-12)).max(1)
+    done = ~flipping & (violation <= 0)
+    add = ~flipping & (violation > 0)
+    w.copy_(torch.where(flipping[:, None], w + frac.clamp(0, 1)[:, None] * (target - w), target))
+    g_jj = G[r, j_add, j_add]
+    sign_j = -torch.sign(grad[r, j_add])
+    g_col = G[r, j_add] * active  # row j = column j: G and H are symmetric
+    H_g = torch.zeros_like(w)
+    H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]  # only the rows that add need it
+    in_span = add & (g_jj - (g_col * H_g).sum(1) <= 1e-9 * g_jj)
+    if in_span.any():
+        # column j is in the span of the active ones: slide along the null direction u, where the
+        # fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
+        u = sign_j[:, None] * (eye[j_add] - H_g)
+        slide, k_swap = torch.where(active & (w * u < 0), -w / u, inf).min(1)
+        # always true in exact arithmetic (the objective is bounded below)
+        in_span &= slide.isfinite()
+        w.add_(torch.where(in_span, slide, 0.)[:, None] * u)
+        j_drop = torch.where(in_span, k_swap, j_drop)
+    drop = flipping | in_span
+    if drop.any():  # H loses row/column j: H - H[:, j] H[j, :] / H[j, j]
+        rd = r[drop]
+        jd = j_drop[drop]
+        w[rd, jd] = 0.
+        s[rd, jd] = 0.
+        H_r = H[rd]
+        keep = 1. - eye[jd]
+        v = H_r[torch.arange(len(rd), device=w.device), jd]  # (|rd|, d)
+        H_r -= v[:, :, None] * (v / v.gather(1, jd[:, None]))[:, None, :]
+        H[rd] = H_r * keep[:, :, None] * keep[:, None, :]
+        g_col = G[r, j_add] * (s != 0)
+        H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]
+    if add.any():  # bordered inverse: H + v v^T / t with v = e_j - H g_j, t = G_jj - g_j^T H g_j
+        ra = r[add]
+        ja = j_add[add]
+        v = eye[ja] - H_g[ra]
+        H[ra] += v[:, :, None] * (v / (g_jj[ra] - (g_col[ra] * H_g[ra]).sum(1))[:, None])[:, None, :]
+        s[ra, ja] = sign_j[ra]
+    return done
+
+
 def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
     """sklearn's Lasso(alpha, fit_intercept=False) on every prefix of i pairs,
         min_w |y - X w|^2 / (2 i) + alpha |w|_1,
@@ -143,7 +194,6 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
     signs = X.new_zeros(M, d)          # s: +-1 on the active set, 0 off it
     preds = X.new_zeros(M, N)
     eye = torch.eye(d, dtype=X.dtype, device=X.device)
-    inf = math.inf
     for n in range(1, N):
         x = X[:, n - 1]
         gram.addcmul_(x[:, :, None], x[:, None, :])
@@ -155,51 +205,7 @@ def lasso(xs, ys, xq=None, alpha=1e-3, max_iter=200):
         H, G, w, c, s = inv_active, gram, weights, xty, signs
         rows = None
         for it in range(max_iter):
-            r = torch.arange(len(w), device=X.device)
-            active = s != 0
-            target = torch.bmm(H, (c - lam * s)[:, :, None])[:, :, 0]  # the optimum for the current signs
-            flips = (target * s <= 0) & active
-            flipping = flips.any(1)
-            frac, j_drop = torch.where(flips, w / (w - target), inf).min(1)  # first sign change on the way
-            grad = torch.bmm(G, target[:, :, None])[:, :, 0] - c               # of the smooth part, at target
-            violation, j_add = torch.where(active, -inf, grad.abs() - lam * (1 + 1e-12)).max(1)
-            done = ~flipping & (violation <= 0)
-            add = ~flipping & (violation > 0)
-            w.copy_(torch.where(flipping[:, None], w + frac.clamp(0, 1)[:, None] * (target - w), target))
-            g_jj = G[r, j_add, j_add]
-            sign_j = -torch.sign(grad[r, j_add])
-            g_col = G[r, j_add] * active  # row j = column j: G and H are symmetric
-            H_g = torch.zeros_like(w)
-            H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]  # only the rows that add need it
-            in_span = add & (g_jj - (g_col * H_g).sum(1) <= 1e-9 * g_jj)
-            if in_span.any():
-                # column j is in the span of the active ones: slide along the null direction u, where the
-                # fixed-sign objective falls linearly, until an active weight hits 0, and swap the two
-                u = sign_j[:, None] * (eye[j_add] - H_g)
-                slide, k_swap = torch.where(active & (w * u < 0), -w / u, inf).min(1)
-                # always true in exact arithmetic (the objective is bounded below)
-                in_span &= slide.isfinite()
-                w.add_(torch.where(in_span, slide, 0.)[:, None] * u)
-                j_drop = torch.where(in_span, k_swap, j_drop)
-            drop = flipping | in_span
-            if drop.any():  # H loses row/column j: H - H[:, j] H[j, :] / H[j, j]
-                rd = r[drop]
-                jd = j_drop[drop]
-                w[rd, jd] = 0.
-                s[rd, jd] = 0.
-                H_r = H[rd]
-                keep = 1. - eye[jd]
-                v = H_r[torch.arange(len(rd), device=X.device), jd]  # (|rd|, d)
-                H_r -= v[:, :, None] * (v / v.gather(1, jd[:, None]))[:, None, :]
-                H[rd] = H_r * keep[:, :, None] * keep[:, None, :]
-                g_col = G[r, j_add] * (s != 0)
-                H_g[add] = torch.bmm(H[add], g_col[add, :, None])[:, :, 0]
-            if add.any():  # bordered inverse: H + v v^T / t with v = e_j - H g_j, t = G_jj - g_j^T H g_j
-                ra = r[add]
-                ja = j_add[add]
-                v = eye[ja] - H_g[ra]
-                H[ra] += v[:, :, None] * (v / (g_jj[ra] - (g_col[ra] * H_g[ra]).sum(1))[:, None])[:, None, :]
-                s[ra, ja] = sign_j[ra]
+            done = _lasso_step(H, G, w, c, s, lam, eye)
             if done.all():
                 break
             if it == max_iter - 1:

@@ -356,33 +356,41 @@ def load_spec(argv):
         raise UserError(f"{where}: overrides must be a dict of train.py keys, got {short(overrides)}")
     glob_overrides = [(k, typed(k, v, where)) for k, v in overrides.items()]
     glob_overrides += [(k, typed(k, raw, 'the command line')) for k, raw in cli_overrides]
-    # arms: the spec's, or the grid of --vary / the spec's vary, or one arm
+    arms = spec_arms(ns, opts, where, spec_path, glob_overrides)
+    evals = spec_evaluations(ns, opts, cli_eval, where)
+    given = opts['given']
+    setting = {k: opts[k] if k in given else ns.get(name, OPTIONS[k])
+               for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference'),
+                               ('fail_below', 'fail_below'), ('margin', 'margin'))}
+    for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference')):
+        if type(setting[k]) is not str:
+            raise UserError(f"{where}: {name} must be text, got {short(setting[k])}")
+    for k in ('fail_below', 'margin'):
+        if type(setting[k]) not in (int, float) or not math.isfinite(setting[k]):
+            raise UserError(f"{where}: {k} must be a number, got {short(setting[k])}")
+    if setting['margin'] <= 0:
+        raise UserError(f"{where}: margin must be positive, got {short(setting['margin'])}")
+    sbatch = ns.get('sbatch', {})
+    if type(sbatch) is not dict:
+        raise UserError(f"{where}: sbatch must be a dict of #SBATCH options, got {short(sbatch)}")
+    spec = dict(path=spec_path, configs=base, overrides=glob_overrides, arms=arms, evaluate=evals,
+                out=setting['out'], run_dir=setting['run_dir'], reference=setting['ref'] or next(iter(arms)),
+                fail_below=float(setting['fail_below']), margin=float(setting['margin']),
+                compare=ns.get('compare'), sbatch=dict(SBATCH, **sbatch), opts=opts, argv=list(argv))
+    if not spec['out']:
+        raise UserError("no --out: give the sweep's directory (--out=DIR, or `out = ...` in a spec)")
+    if spec['reference'] not in arms:
+        raise UserError(f"reference arm {short(spec['reference'])} is not an arm ({', '.join(arms)})")
+    if spec['compare'] is not None:
+        spec['compare'] = spec_compare(spec['compare'], arms, where)
+    return spec
+
+
+def spec_arms(ns, opts, where, spec_path, glob_overrides):
+    """the arms: the spec's, or the grid of --vary / the spec's vary, or one arm; each with its config files,
+    seeds and overrides"""
+    combos = spec_combos(ns, opts, where, spec_path)
     arms = {}
-    if opts['vary'] and 'arms' in ns:
-        raise UserError(f"--vary and the arms of {spec_path}: give one of them")
-    if opts['vary']:
-        items = []
-        for item in opts['vary']:
-            key, eq, values = item.partition('=')
-            if not eq or not key:
-                raise UserError(f"--vary={short(item)}: write --vary=KEY=V1,V2")
-            items.append((key, [v for v in values.split(',') if v != ''], True))
-        combos = grid(items, '--vary')
-    elif 'vary' in ns:
-        if type(ns['vary']) is not dict or not all(type(v) in (list, tuple) for v in ns['vary'].values()):
-            raise UserError(f"{where}: vary must be a dict of key -> list of values, got {short(ns['vary'])}")
-        if not ns['vary']:
-            raise UserError(f"{where}: empty grid: vary has no keys")
-        combos = grid([(k, list(v), False) for k, v in ns['vary'].items()], f"{where} (vary)")
-    elif 'arms' in ns:
-        if type(ns['arms']) is not dict or not all(type(a) is dict for a in ns['arms'].values()):
-            raise UserError(f"{where}: arms must be a dict of name -> dict of overrides, "
-                            f"got {short(ns['arms'])}")
-        if not ns['arms']:
-            raise UserError(f"{where}: empty grid: arms is empty")
-        combos = [(name, list(a.items())) for name, a in ns['arms'].items()]
-    else:
-        combos = [('base', [])]
     for name, items in combos:
         if type(name) is not str or not re.fullmatch(r'[\w.=+@,-]+', name) or name.startswith('.'):
             raise UserError(f"{where}: arm name {short(name)} is not a directory name (letters, digits, "
@@ -410,7 +418,39 @@ def load_spec(argv):
     for name, arm in arms.items():
         if arm['seeds'] and any(k == 'seed' for k, _ in glob_overrides + arm['overrides']):
             raise UserError(f"arm {name}: seed is set besides seeds; give the seeds only")
-    # the evaluation: a list of evaluate.py option dicts (the first scores the table), or none
+    return arms
+
+
+def spec_combos(ns, opts, where, spec_path):
+    """[(arm name, [(key, value)])] from --vary, the spec's vary or its arms; one arm 'base' without them"""
+    if opts['vary'] and 'arms' in ns:
+        raise UserError(f"--vary and the arms of {spec_path}: give one of them")
+    if opts['vary']:
+        items = []
+        for item in opts['vary']:
+            key, eq, values = item.partition('=')
+            if not eq or not key:
+                raise UserError(f"--vary={short(item)}: write --vary=KEY=V1,V2")
+            items.append((key, [v for v in values.split(',') if v != ''], True))
+        return grid(items, '--vary')
+    if 'vary' in ns:
+        if type(ns['vary']) is not dict or not all(type(v) in (list, tuple) for v in ns['vary'].values()):
+            raise UserError(f"{where}: vary must be a dict of key -> list of values, got {short(ns['vary'])}")
+        if not ns['vary']:
+            raise UserError(f"{where}: empty grid: vary has no keys")
+        return grid([(k, list(v), False) for k, v in ns['vary'].items()], f"{where} (vary)")
+    if 'arms' in ns:
+        if type(ns['arms']) is not dict or not all(type(a) is dict for a in ns['arms'].values()):
+            raise UserError(f"{where}: arms must be a dict of name -> dict of overrides, "
+                            f"got {short(ns['arms'])}")
+        if not ns['arms']:
+            raise UserError(f"{where}: empty grid: arms is empty")
+        return [(name, list(a.items())) for name, a in ns['arms'].items()]
+    return [('base', [])]
+
+
+def spec_evaluations(ns, opts, cli_eval, where):
+    """the evaluation: a list of evaluate.py option dicts (the first scores the table), or none"""
     evals = ns.get('evaluate', {})
     evals = [] if evals is None else [evals] if type(evals) is dict else evals
     if type(evals) not in (list, tuple) or not all(type(e) is dict for e in evals):
@@ -419,42 +459,19 @@ def load_spec(argv):
     if cli_eval:
         evals = evals or [{}]
         evals[0].update(cli_eval)
-    if not opts['evaluate']:
-        evals = []
-    given = opts['given']
-    setting = {k: opts[k] if k in given else ns.get(name, OPTIONS[k])
-               for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference'),
-                               ('fail_below', 'fail_below'), ('margin', 'margin'))}
-    for k, name in (('out', 'out'), ('run_dir', 'run_dir'), ('ref', 'reference')):
-        if type(setting[k]) is not str:
-            raise UserError(f"{where}: {name} must be text, got {short(setting[k])}")
-    for k in ('fail_below', 'margin'):
-        if type(setting[k]) not in (int, float) or not math.isfinite(setting[k]):
-            raise UserError(f"{where}: {k} must be a number, got {short(setting[k])}")
-    if setting['margin'] <= 0:
-        raise UserError(f"{where}: margin must be positive, got {short(setting['margin'])}")
-    sbatch = ns.get('sbatch', {})
-    if type(sbatch) is not dict:
-        raise UserError(f"{where}: sbatch must be a dict of #SBATCH options, got {short(sbatch)}")
-    spec = dict(path=spec_path, configs=base, overrides=glob_overrides, arms=arms, evaluate=evals,
-                out=setting['out'], run_dir=setting['run_dir'], reference=setting['ref'] or next(iter(arms)),
-                fail_below=float(setting['fail_below']), margin=float(setting['margin']),
-                compare=ns.get('compare'), sbatch=dict(SBATCH, **sbatch), opts=opts, argv=list(argv))
-    if not spec['out']:
-        raise UserError("no --out: give the sweep's directory (--out=DIR, or `out = ...` in a spec)")
-    if spec['reference'] not in arms:
-        raise UserError(f"reference arm {short(spec['reference'])} is not an arm ({', '.join(arms)})")
-    pairs = spec['compare']
-    if pairs is not None:
-        if type(pairs) not in (list, tuple) or not pairs or not all(
-                type(p) in (list, tuple) and len(p) == 2 and all(type(a) is str for a in p) for p in pairs):
-            raise UserError(f"{where}: compare must be a list of (arm, arm) pairs, got {short(pairs)}")
-        for a, b in pairs:
-            if a not in arms or b not in arms or a == b:
-                raise UserError(f"{where}: compare ({a!r}, {b!r}) must name two different arms "
-                                f"({', '.join(arms)})")
-        spec['compare'] = [tuple(p) for p in pairs]
-    return spec
+    return evals if opts['evaluate'] else []
+
+
+def spec_compare(pairs, arms, where):
+    """the spec's compare: a list of (arm, arm) pairs, each of two different arms"""
+    if type(pairs) not in (list, tuple) or not pairs or not all(
+            type(p) in (list, tuple) and len(p) == 2 and all(type(a) is str for a in p) for p in pairs):
+        raise UserError(f"{where}: compare must be a list of (arm, arm) pairs, got {short(pairs)}")
+    for a, b in pairs:
+        if a not in arms or b not in arms or a == b:
+            raise UserError(f"{where}: compare ({a!r}, {b!r}) must name two different arms "
+                            f"({', '.join(arms)})")
+    return [tuple(p) for p in pairs]
 
 
 def plan(spec):
@@ -814,26 +831,13 @@ def execute(runs, lanes, threads_, gpus):
                bar_format='{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}{postfix}]')
     try:
         while todo or running:
-            for lane, (r, proc, log, t0, sent) in list(running.items()):
-                if sent < stop['count']:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.send_signal(stop['signum'])  # each signal once: train.py checkpoints and exits 0
-                    running[lane] = (r, proc, log, t0, stop['count'])
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[lane]
-                finish(r, proc.returncode, time.time() - t0, bar)
+            poll_lanes(running, stop, bar)
             free = [i for i in range(lanes) if i not in running]
             while todo and free and not stop['signum']:
                 lane = free.pop(0)
                 r = todo.pop(0)
                 running[lane] = (*start(r, lane, threads_, gpus, bar), 0)
-            done = sum(r['outcome'] in ('done', 'failed') for r in runs)
-            partial = sum(last_step(r['dir']) / max(1, r['cfg']['max_iters']) for r, *_ in running.values())
-            bar.n = done + partial
-            bar.set_postfix_str(f"done {sum(r['outcome'] == 'done' for r in runs)}, running {len(running)}, "
-                                f"failed {sum(r['outcome'] == 'failed' for r in runs)}", refresh=True)
+            show_progress(bar, runs, running)
             if stop['signum'] and not running:
                 break
             time.sleep(0.2)
@@ -842,6 +846,30 @@ def execute(runs, lanes, threads_, gpus):
         for s, handler in old.items():
             signal.signal(s, handler)
     return stop['signum']
+
+
+def poll_lanes(running, stop, bar):
+    """forward a new stop signal to every running run (each signal once: train.py checkpoints and exits 0),
+    and finish the runs that ended, freeing their lanes"""
+    for lane, (r, proc, log, t0, sent) in list(running.items()):
+        if sent < stop['count']:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(stop['signum'])
+            running[lane] = (r, proc, log, t0, stop['count'])
+        if proc.poll() is None:
+            continue
+        log.close()
+        del running[lane]
+        finish(r, proc.returncode, time.time() - t0, bar)
+
+
+def show_progress(bar, runs, running):
+    # finished runs count whole, running ones by their last logged step
+    done = sum(r['outcome'] in ('done', 'failed') for r in runs)
+    partial = sum(last_step(r['dir']) / max(1, r['cfg']['max_iters']) for r, *_ in running.values())
+    bar.n = done + partial
+    bar.set_postfix_str(f"done {sum(r['outcome'] == 'done' for r in runs)}, running {len(running)}, "
+                        f"failed {sum(r['outcome'] == 'failed' for r in runs)}", refresh=True)
 
 
 def start(r, lane, threads_, gpus, bar):
@@ -1062,7 +1090,15 @@ def draw(spec, rows, path):
     import matplotlib.pyplot as plt
     by_step = any(len(r.get('curve', [])) > 1 for row in rows for r in row['runs'])
     fig, axes = plt.subplots(1, 2 if by_step else 1, figsize=(11 if by_step else 6.4, 4.2), squeeze=False)
-    ax = axes[0][0]
+    draw_seeds(axes[0][0], spec, rows)
+    if by_step:
+        draw_by_step(axes[0][1], rows)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def draw_seeds(ax, spec, rows):
     for i, row in enumerate(rows):
         values = list(row['scores'].values())
         ax.plot([i] * len(values), values, 'o', color='gray', alpha=0.6, ms=4)
@@ -1078,23 +1114,21 @@ def draw(spec, rows, path):
     ax.set(ylabel='ICL regression score', title=f"{os.path.basename(os.path.normpath(spec['out']))}: "
                                                 "seeds (dots), mean ± 95% CI")
     ax.legend(fontsize=7)
-    if by_step:
-        ax = axes[0][1]
-        for i, row in enumerate(rows):
-            steps = {}
-            for r in row['runs']:
-                for step, value in r.get('curve', []):
-                    if value is not None:
-                        steps.setdefault(step, []).append(value)
-            xs = sorted(steps)
-            ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], marker='o', color=f'C{i % 10}',
-                    label=row['arm'])
-        ax.axhline(1.0, color='gray', ls=':', lw=1)
-        ax.set(xlabel='training step', ylabel='mean score over seeds', title='score by step')
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+
+
+def draw_by_step(ax, rows):
+    for i, row in enumerate(rows):
+        steps = {}
+        points = [p for r in row['runs'] for p in r.get('curve', [])]
+        for step, value in points:
+            if value is not None and step is not None:
+                steps.setdefault(step, []).append(value)
+        xs = sorted(steps)
+        ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], marker='o', color=f'C{i % 10}',
+                label=row['arm'])
+    ax.axhline(1.0, color='gray', ls=':', lw=1)
+    ax.set(xlabel='training step', ylabel='mean score over seeds', title='score by step')
+    ax.legend(fontsize=7)
 
 # -----------------------------------------------------------------------------
 
