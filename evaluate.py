@@ -669,7 +669,7 @@ def write_outputs(rows, prefix, do_plot):
              COLUMNS.get(t, t))
 
 
-def main(argv):
+def main(argv: list) -> list:
     if any(a in ('-h', '--help') for a in argv):
         print(help_text(__file__, __doc__.strip()))
         return []

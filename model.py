@@ -22,7 +22,7 @@ glossary: B batch, N points per prompt, T = 2N tokens, d x dimension, C = n_embd
 import functools
 import math
 from dataclasses import dataclass, fields
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -31,16 +31,19 @@ from einops import rearrange
 
 from ssm_scan import selective_scan, BACKENDS
 
+Tensor = torch.Tensor
+Rope = Optional[Tuple[Tensor, Tensor]]  # (cos, sin), each (T, hs), or None without RoPE
+
 # -----------------------------------------------------------------------------
 # norms
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim, eps):
+    def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         # normalised in fp32 at least (bf16 autocast hands us bf16 activations), as HF's LlamaRMSNorm; for
         # fp32 and fp64 input the cast is a no-op, so full-precision results are those of the plain formula
         xf = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -61,7 +64,7 @@ MAMBA_INITS = ("gpt2", "mamba")  # init_mamba's two rules
 # -----------------------------------------------------------------------------
 # attention
 
-def rope_cache(T, hs, device, base=1e4):
+def rope_cache(T: int, hs: int, device: torch.device, base: float = 1e4) -> Tuple[Tensor, Tensor]:
     # rotate-half RoPE over the 2N interleaved tokens (x and y tokens get their own positions)
     inv_freq = 1.0 / base ** (torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs)
     ang = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq  # (T, hs/2)
@@ -69,20 +72,20 @@ def rope_cache(T, hs, device, base=1e4):
     return ang.cos(), ang.sin()
 
 
-def apply_rope(x, cos, sin):
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
         bias = cfg.attn == "gpt2"  # the Llama flavour has no biases; "GPT-2 RoPE" swaps in the Llama module
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=bias)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=bias)
 
-    def forward(self, x, rope=None):
+    def forward(self, x: Tensor, rope: Rope = None) -> Tensor:
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
         q = rearrange(q, "b t (h s) -> b h t s", h=self.n_head)  # (B, H, T, hs)
         k = rearrange(k, "b t (h s) -> b h t s", h=self.n_head)
@@ -97,32 +100,32 @@ class CausalSelfAttention(nn.Module):
 # feed-forward
 
 class MLP(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
         hidden = int(cfg.ffn_mult * cfg.n_embd)
         self.c_fc = nn.Linear(cfg.n_embd, hidden)
         self.c_proj = nn.Linear(hidden, cfg.n_embd)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's gelu_new
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
         hidden = int(cfg.ffn_mult * cfg.n_embd)
         self.w_gate = nn.Linear(cfg.n_embd, hidden, bias=False)
         self.w_up = nn.Linear(cfg.n_embd, hidden, bias=False)
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=False)  # Llama's down_proj
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.silu(self.w_gate(x)) * self.w_up(x))
 
 # -----------------------------------------------------------------------------
 # Mamba mixer (mamba_simple.Mamba without the fused CUDA paths)
 
 class MambaMixer(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
         C = cfg.n_embd
         di = cfg.expand * cfg.n_embd
@@ -138,7 +141,7 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(di))
         self.out_proj = nn.Linear(di, C, bias=False)
 
-    def forward(self, x, rope=None):
+    def forward(self, x: Tensor, rope: Rope = None) -> Tensor:
         T = x.shape[1]
         x, z = self.in_proj(x).chunk(2, dim=-1)                    # (B, T, di) each
         x = F.silu(self.conv1d(x.transpose(1, 2))[..., :T])        # (B, di, T); drop the right pad = causal
@@ -157,13 +160,13 @@ class MambaMixer(nn.Module):
 class MambaBlock(nn.Module):
     """the leading pre-norm Mamba block, used as "positional embedder" (2.1, 2.3, Park): x + mixer(norm(x)).
     With reference_quirks the reference's extra residual marker doubles the stream: 2x + mixer(norm(x))."""
-    def __init__(self, cfg):
+    def __init__(self, cfg: "ModelConfig"):
         super().__init__()
         self.norm = NORMS[cfg.norm](cfg.n_embd, MIXERS["M"].rms_eps)
         self.mixer = MambaMixer(cfg)
         self.skip = 2.0 if "doubling" in quirk_parts(cfg) else 1.0
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return self.skip * x + self.mixer(self.norm(x))
 
 # -----------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _residual_std(cfg):  # GPT-2's scaled init of the projections that write int
     return STD / math.sqrt(2 * cfg.n_layer)
 
 
-def init_linears(mod, cfg):
+def init_linears(mod: nn.Module, cfg: "ModelConfig") -> None:
     """clean rule for a module of Linear layers: N(0, 0.02), and N(0, 0.02 / sqrt(2 n_layer)) for the one
     named c_proj (it writes into the residual stream). Any new module of Linears can use it."""
     for name, linear in mod.named_children():
@@ -230,7 +233,7 @@ def _mamba_anchor_init(mod, cfg, dt_init=True):
     _mamba_dynamics(mod, dt_init=dt_init)
 
 
-def init_mamba(mod, cfg, out_std=None):
+def init_mamba(mod: MambaMixer, cfg: "ModelConfig", out_std: Optional[float] = None) -> None:
     """clean rule, by cfg.mamba_init: 'mamba' is mamba_ssm's (and HF's) init; 'gpt2' gives the linears GPT-2's
     N(0, 0.02) (out_proj N(0, 0.02 / sqrt(2 n_layer)), or out_std), conv1d PyTorch default, Mamba's dt, A and
     D init."""
@@ -262,8 +265,8 @@ class Kind:
     module: type                       # built as module(cfg); a mixer's forward(x, rope=None), an FFN's (x)
     group: str                         # its group in ICLModel.param_counts
     rms_eps: float                     # eps of an RMSNorm in front of it
-    init: Callable                     # clean init rule: init(module, cfg)
-    init_reference: Callable           # reference_quirks init rule: init_reference(module, cfg, family)
+    init: Optional[Callable]           # clean init rule: init(module, cfg)
+    init_reference: Optional[Callable]  # reference_quirks init rule: init_reference(module, cfg, family)
     uses_heads: bool = False           # n_embd must divide into n_head heads
     # None: a plain residual, x + f(norm(x)). A float s: a scaled one, s x + f(norm(x)), with s = this value
     # under reference_quirks and 1 without; the multiply stays even at 1 (autograd's sum order, so the bits,
@@ -346,11 +349,11 @@ class ModelConfig:
             self.dt_rank = math.ceil(self.n_embd / 16)
 
     @classmethod
-    def from_dict(cls, cfg):
+    def from_dict(cls, cfg: dict) -> "ModelConfig":
         # the flat training config holds these keys among others
         return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
-    def blocks(self):
+    def blocks(self) -> List[str]:
         """the mixer letter of each block: layer_pattern tiled over n_layer"""
         return [self.layer_pattern[i % len(self.layer_pattern)] for i in range(self.n_layer)]
 
@@ -358,21 +361,21 @@ class ModelConfig:
 # the block and the stack
 
 class Block(nn.Module):
-    def __init__(self, cfg, letter):
+    def __init__(self, cfg: ModelConfig, letter: str):
         super().__init__()
         mixer = MIXERS[letter]
         ffn = FFNS[cfg.ffn]
         self.ln_1 = NORMS[cfg.norm](cfg.n_embd, mixer.rms_eps)
         self.mixer = mixer.module(cfg)
-        self.ffn = None
-        self.skip = None
+        self.ffn: Optional[nn.Module] = None
+        self.skip: Optional[float] = None
         if ffn is not None:
             self.ln_2 = NORMS[cfg.norm](cfg.n_embd, ffn.rms_eps)
             self.ffn = ffn.module(cfg)
             if ffn.reference_skip is not None:
                 self.skip = ffn.reference_skip if "doubling" in quirk_parts(cfg) else 1.0
 
-    def forward(self, x, rope=None):
+    def forward(self, x: Tensor, rope: Rope = None) -> Tensor:
         x = x + self.mixer(self.ln_1(x), rope)
         if self.ffn is not None:
             residual = x if self.skip is None else self.skip * x
@@ -382,7 +385,7 @@ class Block(nn.Module):
 
 class ICLModel(nn.Module):
     """prompt (xs, ys) -> predictions at the x tokens. There is no vocabulary, so no weight tying."""
-    def __init__(self, cfg):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         C = cfg.n_embd
@@ -399,7 +402,7 @@ class ICLModel(nn.Module):
         else:
             init_clean(self)
 
-    def forward(self, xs, ys):
+    def forward(self, xs: Tensor, ys: Tensor) -> Tensor:
         B, N, d = xs.shape
         if d != self.cfg.n_dims or ys.shape[-1] != self.cfg.y_dim:
             raise ValueError(f"model was built for x of dimension {self.cfg.n_dims} and y of dimension "
@@ -423,7 +426,7 @@ class ICLModel(nn.Module):
             h = block(h, rope)
         return self.read_out(self.ln_f(h)[:, ::2])                      # (B, N, y_dim), read at the x tokens
 
-    def param_counts(self):
+    def param_counts(self) -> Dict[str, int]:
         """parameter counts by group; backbone = everything but read-in/out (the paper's §3.5 convention)."""
         groups = dict(read_in_out=0, attention=0, mlp=0, mamba=0, norm=0, embeddings=0)
         group_of = {kind.module: kind.group for kind in _table_kinds()}
@@ -437,13 +440,13 @@ class ICLModel(nn.Module):
         assert groups["total"] == groups["backbone"] + groups["read_in_out"], "a parameter escaped the groups"
         return groups
 
-    def optim_groups(self, weight_decay):
+    def optim_groups(self, weight_decay: float) -> List[dict]:
         """decay Linear/Embedding weights only; never norms, biases, conv, A_log, D (A_log is 2-D, so the
         usual dim >= 2 rule would wrongly decay it)."""
         decay = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
         params = list(self.parameters())
-        groups = [dict(params=[p for p in params if id(p) in decay], weight_decay=weight_decay),
-                  dict(params=[p for p in params if id(p) not in decay], weight_decay=0.0)]
+        groups: List[dict] = [dict(params=[p for p in params if id(p) in decay], weight_decay=weight_decay),
+                              dict(params=[p for p in params if id(p) not in decay], weight_decay=0.0)]
         assert sum(len(g["params"]) for g in groups) == len(params)
         return groups
 
@@ -464,7 +467,7 @@ FAMILY_PARTS = dict(gpt2=(), llama=("residual_scale",), mamba=("mamba_init",),
                     hybrid=("position", "residual_scale", "torch_init", "doubling"))
 
 
-def quirk_parts(cfg):
+def quirk_parts(cfg: ModelConfig) -> FrozenSet[str]:
     """the set of quirk parts this config applies"""
     q = cfg.reference_quirks
     if q is True:
@@ -474,7 +477,7 @@ def quirk_parts(cfg):
     return frozenset(p.strip() for p in q.split(",") if p.strip())
 
 
-def reference_family(cfg):
+def reference_family(cfg: ModelConfig) -> str:
     """which model of the reference package this config is: its pure models are HuggingFace models
     with their own init; everything else went through its hybrid engine, where no HF init runs."""
     plain = not cfg.mamba_embed and cfg.layer_pattern == "A"
@@ -521,7 +524,7 @@ def _table_kinds():
 
 
 @torch.no_grad()
-def init_clean(model):
+def init_clean(model: ICLModel) -> None:
     """the default, one rule for every family: weights N(0, 0.02), biases 0, residual-output projections
     (c_proj, Mamba out_proj) N(0, 0.02 / sqrt(2 n_layer)), learned positions N(0, 0.02), Mamba A_log =
     log(1..ds), D = 1 and the dt init, conv1d and read-in/out PyTorch defaults."""
@@ -530,7 +533,7 @@ def init_clean(model):
 
 
 @torch.no_grad()
-def init_reference(model):
+def init_reference(model: ICLModel) -> None:
     """reference_quirks=True: what the reference package ends up with (docs/paper.md §3.4). Pure GPT-2 as
     init_clean; pure Llama N(0, 0.02) unscaled; pure Mamba = HF (default Linear, dt init, out_proj / sqrt(L));
     hybrids get no HF init at all: GPT-2 modules N(0, 0.02) unscaled (HF Conv1D's own init), Llama and Mamba

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from typing import Any, Optional
 
 import torch
 
@@ -261,8 +262,10 @@ class _ScanCPU(torch.autograd.Function):
         return *grads, None
 
 
-def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                       C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                       delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                       return_last_state: bool = False) -> Any:
     """The fused CPU backend (CPU tensors). Raises CPUBuildError if it cannot be built here."""
     if u.device.type != "cpu":
         raise ValueError(f"the cpu backend takes CPU tensors, got {u.device}")

@@ -14,9 +14,12 @@ CPU ones). At batch 64 and <= 140 points the sampling cost is noise next to a 12
 """
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional, Tuple, Union
 
 import torch
+
+Tensor = torch.Tensor
+Prompts = Tuple[Tensor, Tensor]  # xs (B, N, d), ys (B, N, y_dim)
 
 # -----------------------------------------------------------------------------
 # task parameters: keyword arguments of the samplers, and config keys of train.py (its --help reads them here)
@@ -40,21 +43,22 @@ def _subset(batch_size, n, k, generator):
     return torch.rand(batch_size, n, generator=generator).argsort(dim=1)[:, :k]  # (B, k)
 
 
-def _gaussian_x(B, N, d, d_act, g):
+def _gaussian_x(B: int, N: int, d: int, d_act: int, g: torch.Generator) -> Tensor:
     # the four Garg regression tasks: x ~ N(0, I_d), inactive coordinates zeroed before f is applied
     xs = torch.randn(B, N, d, generator=g)  # (B, N, d)
     xs[:, :, d_act:] = 0
     return xs
 
 
-def sample_linear(B, N, d, d_act, g, **params):
+def sample_linear(B: int, N: int, d: int, d_act: int, g: torch.Generator, **params) -> Prompts:
     # w ~ N(0, I) with no 1/sqrt(d) scaling (as Garg), so E[y^2] = d_act
     xs = _gaussian_x(B, N, d, d_act, g)
     w = torch.randn(B, d, 1, generator=g)  # (B, d, 1)
     return xs, xs @ w  # (B, N, 1)
 
 
-def sample_sparse_linear(B, N, d, d_act, g, sparsity, **params):
+def sample_sparse_linear(B: int, N: int, d: int, d_act: int, g: torch.Generator, sparsity: int,
+                         **params) -> Prompts:
     # keep `sparsity` coordinates chosen among the active dims only (Garg's valid_coords), so
     # E[y^2] = sparsity at every curriculum stage. if fewer dims are active than `sparsity`,
     # all of them are kept, like Garg's randperm(valid)[:k]
@@ -65,7 +69,8 @@ def sample_sparse_linear(B, N, d, d_act, g, sparsity, **params):
     return xs, xs @ (w * mask).unsqueeze(-1)  # (B, N, 1)
 
 
-def sample_relu2nn(B, N, d, d_act, g, mlp_hidden, mlp_normalize, **params):
+def sample_relu2nn(B: int, N: int, d: int, d_act: int, g: torch.Generator, mlp_hidden: int,
+                   mlp_normalize: bool, **params) -> Prompts:
     # y = relu(x W1^T) W2 with N(0,1) entries. the paper leaves this unnormalised, so
     # E[y^2] = mlp_hidden * d_act / 2 (1000 at d=20); Garg scales by sqrt(2/hidden) so E[y^2] = d_act
     xs = _gaussian_x(B, N, d, d_act, g)
@@ -77,7 +82,8 @@ def sample_relu2nn(B, N, d, d_act, g, mlp_hidden, mlp_normalize, **params):
     return xs, ys
 
 
-def sample_decision_tree(B, N, d, d_act, g, tree_depth, **params):
+def sample_decision_tree(B: int, N: int, d: int, d_act: int, g: torch.Generator, tree_depth: int,
+                         **params) -> Prompts:
     # full binary tree stored as a heap: node n has children 2n+1 (x <= 0) and 2n+2 (x > 0).
     # split coords are uniform over ALL d dims even mid-curriculum (Garg, paper): a zeroed dim
     # always sends x left. only the leaf values (the last 2^depth nodes) are ever read
@@ -93,7 +99,8 @@ def sample_decision_tree(B, N, d, d_act, g, tree_depth, **params):
     return xs, values.gather(1, node).unsqueeze(-1)  # (B, N, 1)
 
 
-def sample_sparse_parity(B, N, d, d_act, g, parity_k, **params):
+def sample_sparse_parity(B: int, N: int, d: int, d_act: int, g: torch.Generator, parity_k: int,
+                         **params) -> Prompts:
     xs = torch.randint(0, 2, (B, N, d), generator=g).float() * 2 - 1  # (B, N, d) uniform on {-1,+1}^d
     xs[:, :, d_act:] = 0
     if parity_k > d_act:
@@ -105,7 +112,7 @@ def sample_sparse_parity(B, N, d, d_act, g, parity_k, **params):
     return xs, ys
 
 
-def sample_mqar(B, N, d, d_act, g, **params):
+def sample_mqar(B: int, N: int, d: int, d_act: int, g: torch.Generator, **params) -> Prompts:
     # vector MQAR (paper's Retrieval): N-1 key/value pairs plus one query that repeats a key;
     # the target at the query is that key's value. paper: 64 pairs + 1 query = 65 points
     if N < 2:
@@ -126,21 +133,21 @@ def sample_mqar(B, N, d, d_act, g, **params):
 # -----------------------------------------------------------------------------
 # the task records: every fact about a task that train.py, evaluate.py and baselines.py need
 
-def _one(n_dims):
+def _one(n_dims: int) -> int:
     return 1
 
 
 @dataclass(frozen=True)
 class Task:
-    sampler: Callable               # sampler(B, N, d, d_act, generator, **params) -> xs, ys (above)
+    sampler: Callable[..., Prompts]     # sampler(B, N, d, d_act, generator, **params) -> xs, ys (above)
     # the score's baseline: a baselines.BASELINES name, or "model" (a trained run)
     score_baseline: str
-    plot_baselines: tuple           # the classical curves drawn next to a model's
+    plot_baselines: tuple               # the classical curves drawn next to a model's
     # score_baseline "model" without --baseline_run: this classical one instead
     fallback_baseline: str = ""
-    y_dim: Callable = _one          # n_dims -> the width of y
-    predict_last: bool = False      # trained and scored on the final (query) point only
-    noise: bool = True              # takes noise_std (training noise on y)
+    y_dim: Callable[[int], int] = _one  # n_dims -> the width of y
+    predict_last: bool = False          # trained and scored on the final (query) point only
+    noise: bool = True                  # takes noise_std (training noise on y)
 
 
 TASKS = {
@@ -158,18 +165,20 @@ TASKS = {
 }
 
 
-def get(task):
+def get(task: str) -> "Task":
     """the Task record of a task name; a ValueError naming the known ones otherwise"""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r:.60}, expected one of {', '.join(TASKS)}")
     return TASKS[task]
 
 
-def y_dim(task, n_dims):
+def y_dim(task: str, n_dims: int) -> int:
     return get(task).y_dim(n_dims)
 
 
-def sample(task, batch_size, n_points, n_dims, generator, *, n_dims_active=None, device="cpu", **params):
+def sample(task: str, batch_size: int, n_points: int, n_dims: int, generator: torch.Generator, *,
+           n_dims_active: Optional[int] = None, device: Union[str, torch.device] = "cpu",
+           **params) -> Prompts:
     """
     Sample a batch of prompts for `task` -> xs (B, N, n_dims), ys (B, N, y_dim(task, n_dims)),
     float32 on `device`. Coordinates >= n_dims_active (the curriculum's current dims) are zero;
@@ -195,7 +204,7 @@ def sample(task, batch_size, n_points, n_dims, generator, *, n_dims_active=None,
 # -----------------------------------------------------------------------------
 # curriculum
 
-def curriculum(step, cfg):
+def curriculum(step: int, cfg: dict) -> Tuple[int, int]:
     """
     Garg's curriculum as a pure function of the step: (n_dims_active, n_points) at `step`.
     value = min(start + inc * (step // interval), end), so with the paper's settings dims go 5 -> 20
@@ -229,7 +238,9 @@ def _transform(lam, generator):
     U = _random_orthogonal(d, generator)
     return (U * lam.unsqueeze(0) @ U.T).float()  # (d, d)
 
-def sample_ood(variant, batch_size, n_points, n_dims, generator, *, device="cpu", scale=2.0, noise_std=1.0):
+def sample_ood(variant: str, batch_size: int, n_points: int, n_dims: int, generator: torch.Generator, *,
+               device: Union[str, torch.device] = "cpu", scale: float = 2.0,
+               noise_std: float = 1.0) -> Tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
     """
     Garg's OOD tests for a linear regression model (w ~ N(0, I), no noise unless noisy_y).
     -> xs (B, N, d), ys (B, N, 1), xq (B, N, d) or None, yq (B, N, 1). prediction i sees the context

@@ -23,7 +23,7 @@ import re
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -177,7 +177,7 @@ def icl_loss(pred: torch.Tensor, ys: torch.Tensor, task: str) -> torch.Tensor:
 # -----------------------------------------------------------------------------
 # setting up a run: processes, model, optimizer
 
-def start_processes(cfg, ddp):
+def start_processes(cfg: dict, ddp: bool) -> torch.device:
     """this process's device, after checking the machine has it; under torchrun also the process group"""
     dev = configurator.resolve_device(cfg)
     if ddp:
@@ -189,7 +189,7 @@ def start_processes(cfg, ddp):
     return torch.device(dev)
 
 
-def build(cfg, mcfg, device):
+def build(cfg: dict, mcfg: ModelConfig, device: torch.device) -> Tuple[list, ICLModel]:
     """the held-out prompts and the model. Only a failure to allocate gets the friendly message; any other
     error (a bug in a new module, say) keeps its traceback."""
     try:
@@ -247,14 +247,14 @@ class Loop:
     world: int
     device: torch.device
     raw_model: ICLModel
-    model: torch.nn.Module             # raw_model, compiled and/or wrapped in DDP
+    model: Any                         # raw_model, compiled and/or wrapped in DDP
     optimizer: torch.optim.Optimizer
     autocast: Any                      # bf16 autocast, or a null context
     val: list                          # the held-out batches
     step: int
     good_step: int                     # the step of the last checkpoint on disk
     bar: Any                           # the progress bar (drawn by rank 0)
-    wandb_id: str                      # one wandb run across resumes
+    wandb_id: Optional[str]            # one wandb run across resumes
     wandb: Any = None                  # the wandb module, when logging to it
     stopping: bool = False
     fell_back: set = field(default_factory=set)    # scan kernels whose fallback the log has said
@@ -276,17 +276,17 @@ class Loop:
         save_checkpoint(self.run, state, self.cfg['keep_last'], self.cfg['keep_every'], self.good_step)
 
 
-def setup(cfg, mcfg, ckpt, run, ddp, device, val, raw_model):
+def setup(cfg: dict, mcfg: ModelConfig, ckpt: Optional[dict], run: RunDirectory, ddp: bool,
+          device: torch.device, val: list, raw_model: ICLModel) -> 'Loop':
     """the optimizer (fresh or resumed), the model as it trains (compiled, wrapped in DDP), the precision and
     the progress bar, in one Loop"""
     rank = int(os.environ['RANK']) if ddp else 0
     world = int(os.environ['WORLD_SIZE']) if ddp else 1
     torch.backends.cuda.matmul.allow_tf32 = device.type == 'cuda'  # (no-ops on CPU)
     torch.backends.cudnn.allow_tf32 = device.type == 'cuda'
+    autocast: Any = contextlib.nullcontext()
     if cfg['dtype'] == 'bfloat16':
         autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    else:
-        autocast = contextlib.nullcontext()
     optimizer, step = make_optimizer(cfg, raw_model, ckpt, run, device)
     # reduce-overhead: CUDA graphs replay each step's kernels in one launch (shapes are static per curriculum
     # stage, so each stage captures once)
@@ -300,7 +300,7 @@ def setup(cfg, mcfg, ckpt, run, ddp, device, val, raw_model):
                 good_step=step, bar=bar, wandb_id=wandb_id)
 
 
-def begin(loop, ckpt, sources):
+def begin(loop: Loop, ckpt: Optional[dict], sources: dict) -> None:
     """rank 0's first writing: the step-0 checkpoint of a new run (from here on a killed run can always be
     resumed), the metrics cut back to the resumed step, the log's header, wandb"""
     if loop.rank != 0:
@@ -340,7 +340,8 @@ def describe_task(cfg, sources):
 # -----------------------------------------------------------------------------
 # one step, and what is written after it
 
-def forward_backward(model, xs, ys, cfg, micro, ddp, autocast):
+def forward_backward(model: Any, xs: torch.Tensor, ys: torch.Tensor, cfg: dict, micro: int, ddp: bool,
+                     autocast: Any) -> torch.Tensor:
     """one step's gradients, summed over its micro-batches; returns the step's mean loss on this process"""
     accum = len(xs) // micro
     loss_sum = torch.zeros((), device=xs.device)
@@ -356,7 +357,7 @@ def forward_backward(model, xs, ys, cfg, micro, ddp, autocast):
     return loss_sum
 
 
-def train_step(loop, signals):
+def train_step(loop: Loop, signals: StopSignals) -> Tuple[float, float, float]:
     """the optimizer step after loop.step: its gradients, its mean loss and whether any process was asked to
     stop, the grad norm, the update. Returns (loss, grad norm, learning rate)."""
     cfg = loop.cfg
@@ -394,13 +395,13 @@ def train_step(loop, signals):
     return loss, gnorm, lr
 
 
-def metrics_row(loop, loss, gnorm, lr):
+def metrics_row(loop: Loop, loss: float, gnorm: float, lr: float) -> dict:
     """the metrics row of loop.step: loss, grad norm, lr, curriculum and speed every log_interval, the
     held-out loss every eval_interval (just {step} between them)"""
     cfg = loop.cfg
     step = loop.step
     last = step == cfg['max_iters']
-    row = dict(step=step)
+    row: dict = dict(step=step)
     if step % cfg['log_interval'] == 0 or last:
         n_dims_now, n_points_now = tasks.curriculum(step - 1, cfg)
         rate = (step - loop.clock['step']) / max(time.time() - loop.clock['t'], 1e-9)
@@ -415,7 +416,7 @@ def metrics_row(loop, loss, gnorm, lr):
     return row
 
 
-def after_step(loop, loss, gnorm, lr):
+def after_step(loop: Loop, loss: float, gnorm: float, lr: float) -> None:
     """rank 0's writing after a step: the progress bar, the metrics row with its log line (and wandb), and the
     checkpoint every ckpt_interval steps, at the last step and when stopping"""
     cfg = loop.cfg
