@@ -6,6 +6,7 @@ test_reliability.py; helpers and fixtures shared by both are in conftest.py.
     python -m pytest -q -m "not slow"     # the quick loop
 CPU only, tiny shapes; the Triton kernel runs in its interpreter (conftest.py sets TRITON_INTERPRET=1).
 """
+import itertools
 import json
 import math
 import os
@@ -502,10 +503,52 @@ def test_model_is_causal(name, quirks):
     assert not torch.allclose(p[:, 5:], p2[:, 5:])  # and the future does matter
 
 
+class MeanMixer(nn.Module):
+    """not causal: every token gets the mean over the whole sequence"""
+    def __init__(self, cfg):
+        super().__init__()
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, x, rope=None):
+        return self.c_proj(x.mean(1, keepdim=True).expand_as(x))
+
+
+def causality_failures():
+    """the (mixer letter, ffn, pos, mamba_embed) of every combination of the tables, read now, whose tiny model
+    is not causal (predictions 0..3 must not change when x_4.. and y_3.. do, and later ones must) or does not
+    give (B, N, y_dim)"""
+    failures = []
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(2, 7, 3, generator=g, dtype=torch.float64), torch.randn(2, 7, 1, generator=g, dtype=torch.float64)
+    xs2, ys2 = xs.clone(), ys.clone()
+    xs2[:, 4:] += 1.0
+    ys2[:, 3:] -= 1.0
+    for letter, ffn, pos, embed in itertools.product(model.MIXERS, model.FFNS, model.POSITIONS, (False, True)):
+        torch.manual_seed(0)
+        cfg = ModelConfig(n_dims=3, n_layer=2, n_embd=16, n_head=2, layer_pattern=letter, ffn=ffn, pos=pos,
+                          mamba_embed=embed)
+        m = ICLModel(cfg).double()
+        p, p2 = m(xs, ys), m(xs2, ys2)
+        if p.shape != (2, 7, 1) or not torch.equal(p[:, :4], p2[:, :4]) or torch.allclose(p[:, 4:], p2[:, 4:]):
+            failures.append((letter, ffn, pos, embed))
+    return failures
+
+
+def test_model_every_mixer_ffn_and_position_of_the_tables_is_causal():
+    assert causality_failures() == []
+
+
+def test_model_causality_check_catches_a_non_causal_mixer(monkeypatch):
+    monkeypatch.setitem(model.MIXERS, "X", Kind(MeanMixer, "attention", 1e-6, model.init_linears,
+                                               model.init_linears_reference))
+    failures = causality_failures()
+    assert {f[0] for f in failures} == {"X"} and len(failures) == len(model.FFNS) * len(model.POSITIONS) * 2
+
+
 def test_model_init_invariants():
     m = ICLModel(preset("llama_mamba"))
     mixers = [mod for mod in m.modules() if isinstance(mod, MambaMixer)]
-    assert len(mixers) == 13  # the positional embedder + one per block
+    assert len(mixers) == 1 + m.cfg.n_layer  # the positional embedder + one per block
     for mix in mixers:
         dt = F.softplus(mix.dt_proj.bias)
         assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001  # survives the whole-model init
