@@ -262,12 +262,12 @@ def init_mamba_reference(mod, cfg, family):
 
 @dataclass(frozen=True)
 class Kind:
-    module: type                       # built as module(cfg); a mixer's forward(x, rope=None), an FFN's (x)
-    group: str                         # its group in ICLModel.param_counts
-    rms_eps: float                     # eps of an RMSNorm in front of it
-    init: Optional[Callable]           # clean init rule: init(module, cfg)
+    module: type                        # built as module(cfg); a mixer's forward(x, rope=None), an FFN's (x)
+    group: str                          # its group in ICLModel.param_counts
+    rms_eps: float                      # eps of an RMSNorm in front of it
+    init: Optional[Callable]            # clean init rule: init(module, cfg)
     init_reference: Optional[Callable]  # reference_quirks init rule: init_reference(module, cfg, family)
-    uses_heads: bool = False           # n_embd must divide into n_head heads
+    uses_heads: bool = False            # n_embd must divide into n_head heads
     # None: a plain residual, x + f(norm(x)). A float s: a scaled one, s x + f(norm(x)), with s = this value
     # under reference_quirks and 1 without; the multiply stays even at 1 (autograd's sum order, so the bits,
     # follow it)

@@ -209,22 +209,14 @@ def selective_scan_naive(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     return (out, last) if return_last_state else out
 
 # -----------------------------------------------------------------------------
-# Triton kernels: a forward and a backward
+# Triton kernels: a forward and a backward (their design: docs/scan.md §2)
 #
-# The tiling (docs/scan.md §2). One program owns a batch row and a block of BD channels, all NP states of
-# each (n rounded up to a power of two), and walks time in chunks of BT steps. Per chunk it loads each input
-# once: the (BT, BD) tiles of u, delta, z (and the gradient g) and the (BT, NP) tiles of B and C, and runs the
-# recurrence h = a*h + x for every state at once on a (BT, NP, BD) block: one two-value associative scan
-# along time (axis 0) with the affine combine. Sums over states are tl.sum(axis=1) (y, and the backward's
-# sum_n dh B, sum_n dh A (h - x)), over channels tl.sum(axis=2) (the block's share of dB, dC). The (NP, BD)
-# state lives in registers across chunks (the block's last step, read by one masked sum per chunk) and is
-# saved at each chunk's start, (b, d, n_chunks, n). The axis order is for the GPU: Triton's default layout
-# puts lanes on the last axis first, so channels go to lanes and states to lanes and warps, while time stays
-# inside each thread, where the scan is a sequential loop and the last step a register (docs/scan.md).
-# The backward walks the chunks right to left: it re-runs the chunk's forward from the saved state, then the
-# adjoint dh as a reverse scan (the derivation is in the module docstring). BT is a constexpr power of two,
-# L a runtime int (not specialised): the curriculum's changing lengths reuse one compiled kernel. Core tl.*
-# math only: libdevice fails in the interpreter.
+# One program owns a batch row and BD channels with all NP states (n rounded up to a power of two) and walks
+# time in chunks of BT steps, a chunk being one (BT, NP, BD) block: time stays inside each thread, channels go
+# to the lanes. The recurrence is one two-value associative scan along time; the backward re-runs each chunk
+# from its saved start state, then the adjoint as a reverse scan (the derivation: the module docstring). L is
+# a runtime int, not specialised, so the curriculum's lengths share one build; core tl.* math only, since
+# libdevice fails in the interpreter.
 
 # optional: CPU users train with the other backends
 HAS_TRITON = importlib.util.find_spec("triton") is not None

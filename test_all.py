@@ -1,7 +1,8 @@
 """
 The tests, by concept in the order of the files: the selective scan, the model, the tasks, the baselines,
 evaluation, training. The harness tests (kills, signals, locks, DDP, bad input through real processes) are in
-test_reliability.py; helpers and fixtures shared by both are in conftest.py.
+test_reliability.py, the repository's own rules (line length, function size, citations) in test_lint.py;
+helpers and fixtures shared by them are in conftest.py.
     python -m pytest -q                   # every test (the README's command)
     python -m pytest -q -m "not slow"     # the quick loop
 CPU only, tiny shapes; the Triton kernel runs in its interpreter (conftest.py sets TRITON_INTERPRET=1).
