@@ -27,7 +27,7 @@ from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predic
 from model import ICLModel, ModelConfig
 from harness import (UserError, atomic_write, check_device, load_checkpoint, run_command, save_figure,
                      serialize, short, step_checkpoints)
-from configurator import help_text, parse_value
+from configurator import defaults_of, help_text, parse_value
 
 # -----------------------------------------------------------------------------
 # defaults, each overridable with --key=value
@@ -45,8 +45,7 @@ out = ''              # path prefix of the multi-run outputs: <out>.md/.csv scor
 device = 'cpu'        # cpu | cuda | cuda:N
 cache = ''            # results cache: '' = $EVAL_CACHE or ~/.cache/icl-hybrids/eval, 'off', or a directory
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and type(v) in (int, float, bool, str)}
+DEFAULTS = defaults_of(globals())
 # Table 3's rows
 ARCH_ORDER = ('gpt2', 'gpt2_rms', 'gpt2_rope', 'gpt2_swiglu', 'gpt2_rms_swiglu', 'gpt2_rms_rope',
               'gpt2_rope_swiglu', 'llama', 'llama_mamba_pos', 'llama_mamba_ffn', 'llama_mamba', 'mamba',

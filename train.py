@@ -277,7 +277,7 @@ class Loop:
 
 
 def setup(cfg: dict, mcfg: ModelConfig, ckpt: Optional[dict], run: RunDirectory, ddp: bool,
-          device: torch.device, val: list, raw_model: ICLModel) -> 'Loop':
+          device: torch.device, val: list, raw_model: ICLModel) -> Loop:
     """the optimizer (fresh or resumed), the model as it trains (compiled, wrapped in DDP), the precision and
     the progress bar, in one Loop"""
     rank = int(os.environ['RANK']) if ddp else 0
