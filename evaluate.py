@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import tasks
+import tasks_ood
 from baselines import BASELINES, LASSO_ALPHAS, PIP_NAMES, for_task, model_predict
 from model import ICLModel, ModelConfig
 from harness import (UserError, atomic_write, check_device, load_checkpoint, run_command, save_figure,
@@ -35,7 +36,7 @@ n_prompts = 6400      # fixed eval prompts (the paper's notebook: 100 batches of
 batch_size = 640      # prompts per forward pass / baseline call
 seed = 0              # the prompts' seed: every model and baseline of a task sees the same prompts
 task = ''             # '' = the task each run was trained on; a task name = cross-task evaluation
-ood = ''              # '' | 'all' | comma list of tasks.OOD_VARIANTS (linear regression only)
+ood = ''              # '' | 'all' | comma list of tasks_ood.OOD_VARIANTS (linear regression only)
 baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES, or lasso_sweep
 baseline_run = ''     # trained run(s) as score baseline: RUN, or task=RUN,task=RUN (paper: GPT-2 trees)
 score_vs = ''         # '' = the task's score baseline (tasks.TASKS); or a baselines.BASELINES name
@@ -92,13 +93,13 @@ def parse_args(argv):
             raise UserError(f"--{key} must be a {type(cfg[key]).__name__} (like {cfg[key]!r}), "
                             f"got {short(raw)}")
         cfg[key] = value
-    variants = tasks.OOD_VARIANTS if cfg['ood'] == 'all' else [v for v in cfg['ood'].split(',') if v]
+    variants = tasks_ood.OOD_VARIANTS if cfg['ood'] == 'all' else [v for v in cfg['ood'].split(',') if v]
     cfg['variants'] = [v for v in variants if v != 'standard']
     extra = []
     for name in filter(None, cfg['baselines'].split(',')):
         extra += [f'lasso_{a:g}' for a in LASSO_ALPHAS] if name == 'lasso_sweep' else [name]
     cfg['extra'] = extra
-    bad_variants = sorted(set(cfg['variants']) - set(tasks.OOD_VARIANTS))
+    bad_variants = sorted(set(cfg['variants']) - set(tasks_ood.OOD_VARIANTS))
     bad_baselines = sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
     checks = ((not runs,
                "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...] (--help lists the keys)"),
@@ -109,7 +110,8 @@ def parse_args(argv):
               (cfg['task'] not in ('', *tasks.TASKS),
                f"unknown task {short(cfg['task'])}; tasks are {', '.join(tasks.TASKS)}"),
               (bad_variants,
-               f"unknown OOD variant(s) {short(bad_variants)}; choose from {', '.join(tasks.OOD_VARIANTS)}"),
+               f"unknown OOD variant(s) {short(bad_variants)}; "
+               f"choose from {', '.join(tasks_ood.OOD_VARIANTS)}"),
               (bad_baselines,
                f"unknown baseline(s) {short(bad_baselines)}; choose from {', '.join(BASELINES)}, "
                "lasso_sweep"))
@@ -256,7 +258,7 @@ def prompt_batches(plan, variant, cfg):
         b = min(64, cfg['n_prompts'] - s)
         try:
             if variant:
-                chunk = tasks.sample_ood(variant, b, plan['n_pts'], plan['n_dims'], g)
+                chunk = tasks_ood.sample_ood(variant, b, plan['n_pts'], plan['n_dims'], g)
             else:
                 xs, ys = tasks.sample(plan['task'], b, plan['n_pts'], plan['n_dims'], g, **plan['tkw'])
                 chunk = (xs, ys, None, ys)
@@ -330,8 +332,8 @@ def fmt_score(s, digits=3):
 
 # what the numbers depend on besides the settings: a changed sampler, model, scan (the C++ kernel too) or
 # baseline recomputes
-_SOURCES = ('tasks.py', 'model.py', 'ssm_scan.py', 'ssm_scan_cpu.py', 'ssm_scan_cpu.cpp', 'baselines.py',
-            'evaluate.py')
+_SOURCES = ('tasks.py', 'tasks_ood.py', 'model.py', 'ssm_scan.py', 'ssm_scan_cpu.py', 'ssm_scan_cpu.cpp',
+            'baselines.py', 'evaluate.py')
 
 
 def _sources_digest():

@@ -29,6 +29,7 @@ import ssm_scan
 import ssm_scan_cpu
 import ssm_scan_guard
 import tasks
+import tasks_ood
 import train
 from conftest import ROOT, TINY, fake_run, metrics, one_error_line, python, run_train, same_tensors, state
 from model import ICLModel, Kind, MambaBlock, MambaMixer, ModelConfig
@@ -758,7 +759,7 @@ def test_tasks_unknown_names_raise():
             fn()
         assert "linear_regresion" in str(e.value) and "sparse_parity" in str(e.value)
     with pytest.raises(ValueError, match="skew"):
-        tasks.sample_ood("skew", 2, 3, 4, gen())
+        tasks_ood.sample_ood("skew", 2, 3, 4, gen())
     with pytest.raises(ValueError, match="n_dims_active"):
         tasks.sample("linear_regression", 2, 3, 4, gen(), n_dims_active=5)
     with pytest.raises(ValueError, match="noise_std"):
@@ -777,9 +778,9 @@ def test_tasks_seeded(task):
     assert not torch.equal(a[0], tasks.sample(task, 2, 5, 6, gen(2))[0])
 
 
-@pytest.mark.parametrize("variant", tasks.OOD_VARIANTS)
+@pytest.mark.parametrize("variant", tasks_ood.OOD_VARIANTS)
 def test_tasks_ood_seeded(variant):
-    a, b, c = (tasks.sample_ood(variant, 2, 5, 4, gen(s)) for s in (1, 1, 2))
+    a, b, c = (tasks_ood.sample_ood(variant, 2, 5, 4, gen(s)) for s in (1, 1, 2))
     assert all(t is u is None or torch.equal(t, u) for t, u in zip(a, b)) and not torch.equal(a[0], c[0])
 
 
@@ -879,8 +880,8 @@ def test_tasks_curriculum():
 
 def test_tasks_ood_shapes_and_targets():
     B, N, d = 4, 15, 5
-    for v in tasks.OOD_VARIANTS:
-        xs, ys, xq, yq = tasks.sample_ood(v, B, N, d, gen())
+    for v in tasks_ood.OOD_VARIANTS:
+        xs, ys, xq, yq = tasks_ood.sample_ood(v, B, N, d, gen())
         if v not in ("quadrants", "orthogonal", "seen_points"):  # no query of its own: x_i, scored at y_i
             assert xq is None and torch.equal(yq, ys), v
             xq = xs
@@ -889,14 +890,14 @@ def test_tasks_ood_shapes_and_targets():
         if v not in ("noisy_y", "half_subspace"):  # noise-free, full rank: the queries use the context's w
             w = torch.linalg.lstsq(xs.double(), ys.double()).solution
             assert torch.allclose(xq.double() @ w, yq.double(), atol=1e-3), v
-    xs, ys, _, _ = tasks.sample_ood("noisy_y", B, N, d, gen(), noise_std=1.0)
+    xs, ys, _, _ = tasks_ood.sample_ood("noisy_y", B, N, d, gen(), noise_std=1.0)
     w = torch.linalg.lstsq(xs, ys).solution
     assert (ys - xs @ w).abs().max() > 0.1  # noise really is there
 
 
 def test_tasks_ood_orthogonal():
     B, N, d = 4, 9, 6
-    xs, _, xq, _ = tasks.sample_ood("orthogonal", B, N, d, gen())
+    xs, _, xq, _ = tasks_ood.sample_ood("orthogonal", B, N, d, gen())
     assert torch.allclose(xq.norm(dim=-1), xs.norm(dim=-1), rtol=1e-4)
     for i in range(1, d):
         norms = xs[:, :i].norm(dim=-1) * xq[:, i].norm(dim=-1, keepdim=True)
@@ -907,14 +908,14 @@ def test_tasks_ood_orthogonal():
 
 def test_tasks_ood_seen_points_and_quadrants():
     B, N, d = 32, 12, 4
-    xs, _, xq, _ = tasks.sample_ood("seen_points", B, N, d, gen())
+    xs, _, xq, _ = tasks_ood.sample_ood("seen_points", B, N, d, gen())
     assert torch.equal(xq[:, 0], xs[:, 0])
     for i in range(1, N):
         same = (xs[:, :i] == xq[:, i:i + 1]).all(dim=-1)  # (B, i)
         assert (same.sum(dim=1) == 1).all(), i
     # a random earlier point, not a fixed one: 32 prompts at i = 11 hit at least 5 of the 11 indices
     assert len(set(same.float().argmax(dim=1).tolist())) >= 5
-    xs, _, xq, _ = tasks.sample_ood("quadrants", B, N, d, gen())
+    xs, _, xq, _ = tasks_ood.sample_ood("quadrants", B, N, d, gen())
     s = torch.sign(xs)
     assert (s == s[:, :1]).all()  # one orthant per prompt
     assert torch.equal(xs.abs(), xq.abs())  # the context is the query's Gaussian folded into it
@@ -923,11 +924,11 @@ def test_tasks_ood_seen_points_and_quadrants():
 
 def test_tasks_ood_skewed_and_half_subspace_spectrum():
     B, N, d = 64, 64, 8
-    xs = tasks.sample_ood("skewed", B, N, d, gen())[0].reshape(-1, d).double()
+    xs = tasks_ood.sample_ood("skewed", B, N, d, gen())[0].reshape(-1, d).double()
     ev = torch.linalg.eigvalsh(xs.T @ xs / xs.shape[0]).flip(0)  # descending
     lam2 = 1.0 / torch.arange(1, d + 1, dtype=torch.float64) ** 2
     assert torch.allclose(ev, lam2 * d / lam2.sum(), rtol=0.2)
-    xs = tasks.sample_ood("half_subspace", B, N, d, gen())[0].reshape(-1, d).double()
+    xs = tasks_ood.sample_ood("half_subspace", B, N, d, gen())[0].reshape(-1, d).double()
     ev = torch.linalg.eigvalsh(xs.T @ xs / xs.shape[0]).flip(0)
     assert torch.allclose(ev[: d // 2], torch.full((d // 2,), 2.0, dtype=torch.float64), rtol=0.2)
     assert ev[d // 2:].abs().max() < 1e-4
