@@ -49,6 +49,22 @@ fig.savefig(png, dpi=110)
 PY
 }
 
+times() {  # RUN...: per run its last held-out loss and the 'done at step' line(s) of its log (with the
+    # training time), then their sum
+    python - "$@" <<'PY'
+import json, os, re, sys
+total = 0.0
+for run in sys.argv[1:]:
+    rows = [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl'))]
+    val = [r for r in rows if 'val_loss' in r][-1]
+    done = [line.strip() for line in open(os.path.join(run, 'log.txt')) if line.startswith('done at step')]
+    total += sum(float(t) for t in re.findall(r'steps in ([0-9.]+)s\)', ' '.join(done)))
+    print(f"{os.path.basename(run)}: val_loss {val['val_loss']:.4f} at step {val['step']}; {'; '.join(done)}")
+print(f"{len(sys.argv) - 1} runs, {total:,.0f} s of one-thread training in all ({total / 3600:.1f} h; "
+      f"a resumed run counts its last part only)")
+PY
+}
+
 S=out/study
 
 finished() {  # those of the given run directories whose run reached its last step: part 2 evaluates what was
@@ -155,18 +171,7 @@ for name, cfg in configs + [(f'study/{name}', runs[name]) for name in sorted(run
     print(f"| {name} | {counts['backbone']:,} | {counts['total']:,} |")
 PY
     # per run: its last held-out loss and the 'done at step' line(s) of its log (with the training time)
-    python - $(finished $S/{sparse,tree,mlp}_* $linear2) > results/part2_times.txt <<'PY'
-import json, os, re, sys
-total = 0.0
-for run in sys.argv[1:]:
-    rows = [json.loads(line) for line in open(os.path.join(run, 'metrics.jsonl'))]
-    val = [r for r in rows if 'val_loss' in r][-1]
-    done = [line.strip() for line in open(os.path.join(run, 'log.txt')) if line.startswith('done at step')]
-    total += sum(float(t) for t in re.findall(r'steps in ([0-9.]+)s\)', ' '.join(done)))
-    print(f"{os.path.basename(run)}: val_loss {val['val_loss']:.4f} at step {val['step']}; {'; '.join(done)}")
-print(f"{len(sys.argv) - 1} runs, {total:,.0f} s of one-thread training in all ({total / 3600:.1f} h; "
-      f"a resumed run counts its last part only)")
-PY
+    times $(finished $S/{sparse,tree,mlp}_* $linear2) > results/part2_times.txt
     # 9. every architecture once: experiment 9's runs scored on linear regression
     arms=$(finished $linear2)
     if [ -n "$arms" ]; then
@@ -215,7 +220,14 @@ if [ "${1:-}" = part3 ]; then
         train tree_init tree_level sparse_init mamba_init ablation_parts parity_d6
     fi
     for experiment in "${part3[@]}"; do  # each spec's table: per-arm scores, comparisons, verdicts
-        python sweep.py "configs/study/$experiment.py" --eval-only
+        # the evaluation's printed output, its table, figure and comparisons, and the runs' training times
+        python sweep.py "configs/study/$experiment.py" --eval-only \
+            | tee "results/part3_${experiment}_output.txt"
+        for f in table.md table.csv compare.csv table.png; do
+            cp "$S/sweeps/$experiment/$f" "results/part3_${experiment}_$f"
+        done
+        runs=$(python sweep.py "configs/study/$experiment.py" --dry-run | sed -n 's/^\(out\/[^ ]*\) (.*/\1/p')
+        times $(finished $runs) > "results/part3_${experiment}_times.txt"
     done
     exit
 fi
