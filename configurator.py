@@ -12,6 +12,7 @@ it asks of this machine, and what a resume may change (the model's keys are mode
 """
 import ast
 import builtins
+import contextlib
 import difflib
 import importlib.util
 import math
@@ -24,6 +25,7 @@ import torch
 import ssm_scan
 import tasks
 from harness import UserError, check_device, oneline, short
+from model import ModelConfig
 
 
 def defaults_of(namespace):
@@ -193,6 +195,8 @@ NONNEG = '''max_iters keep_every micro_batch_size warmup_iters seed dt_rank grad
     noise_std'''.split()
 # upper bounds (seed: manual_seed's; ddp_timeout: timedelta's)
 UPPER = dict(seed=2**63 - 1, tree_depth=20, n_layer=1024, eval_batches=1000, ddp_timeout=10**7)
+# the keys that only a model with Mamba mixers uses
+MAMBA_KEYS = ('d_state', 'd_conv', 'expand', 'dt_rank', 'mamba_init')
 # keys that may differ between a checkpoint and the resumed run without changing what is trained
 RESUME_FREE = set('''out_dir resume allow_config_change max_iters ckpt_interval keep_last keep_every
     eval_interval eval_batches log_interval wandb_log wandb_project device compile compile_mode scan_backend
@@ -248,7 +252,7 @@ def resolve_device(cfg):
     if cfg['scan_backend'] == 'cpu' and dev != 'cpu':
         raise UserError(f"scan_backend='cpu' is the CPU kernel, but the run is on {dev}; "
                         "use scan_backend='auto'")
-    mamba = 'M' in cfg['layer_pattern'] or cfg['ffn'] == 'mamba' or cfg['mamba_embed']
+    mamba = ModelConfig.from_dict(cfg).uses_mamba()
     scan = ssm_scan.resolve_backend(cfg['scan_backend'], torch.device(dev))
     if cfg['compile'] and mamba and scan == 'torch':
         raise UserError("compile=True needs the fused scan (scan_backend='auto', 'cpu' or 'triton'): the "
@@ -264,6 +268,10 @@ def resume_free(saved):
     free = set(RESUME_FREE)
     if saved.get('lr_schedule') == 'cosine':
         free.discard('max_iters')  # the cosine decays to max_iters: changing it changes the run
+    # (a saved config the model refuses is judged elsewhere)
+    with contextlib.suppress(TypeError, ValueError, KeyError):
+        if not ModelConfig.from_dict(saved).uses_mamba():
+            free.update(MAMBA_KEYS)  # a model without Mamba is the same model whatever these say
     return free
 
 

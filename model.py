@@ -353,6 +353,13 @@ class ModelConfig:
         # the flat training config holds these keys among others
         return cls(**{f.name: cfg[f.name] for f in fields(cls) if f.name in cfg})
 
+    def uses_mamba(self) -> bool:
+        """whether a Mamba mixer is in the model (a mixer letter, the FFN or the leading block): only then
+        do the Mamba keys (d_state, mamba_init, ...) change it"""
+        ffn = FFNS[self.ffn]
+        kinds = [MIXERS[letter] for letter in self.layer_pattern] + ([ffn] if ffn else [])
+        return self.mamba_embed or any(kind.module is MambaMixer for kind in kinds)
+
     def blocks(self) -> List[str]:
         """the mixer letter of each block: layer_pattern tiled over n_layer"""
         return [self.layer_pattern[i % len(self.layer_pattern)] for i in range(self.n_layer)]

@@ -108,6 +108,16 @@ def test_paired_and_welch_differences_match_hand_computed_values():
     assert sweep.mean_ci([0.8])["lo"] is None
 
 
+def test_mamba_keys_are_free_for_a_model_without_mamba():
+    # a GPT-2 run saved with another mamba_init (or d_state) is the same model: no mismatch; a Mamba run is not
+    gpt2 = dict(train.DEFAULTS, mamba_init="mamba", d_state=8)
+    assert sweep.mismatch(dict(train.DEFAULTS), gpt2) == []
+    mamba = dict(train.DEFAULTS, layer_pattern="M", ffn="none", pos="none")
+    assert sweep.mismatch(mamba, dict(mamba, mamba_init="mamba")) == ["mamba_init"]
+    hybrid = dict(train.DEFAULTS, ffn="mamba")
+    assert sweep.mismatch(hybrid, dict(hybrid, d_state=8)) == ["d_state"]
+
+
 def test_failure_rates_verdicts_and_trends_follow_their_stated_rules():
     # exact (Clopper-Pearson) intervals: 0 of n -> [0, 1 - 0.025^(1/n)], 1 of 3 and 2 of 5 from the beta quantiles
     assert sweep.rate_ci(0, 3) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
