@@ -10,6 +10,7 @@
 #     bash results/study.sh part2 eval tree   # one experiment of part 2: sparse, tree, mlp or rest
 #     bash results/study.sh part3      # experiments 12-15 (RESULTS.md part 3): train, then each spec's table
 #     bash results/study.sh part3 eval # the tables of part 3 only (whichever of its runs exist)
+#     bash results/study.sh part3 eval tree_init   # one experiment's table
 #     bash results/study.sh verdicts   # parts 1-2's saved scores read by part 3's verdict rule (no runs
 #                                      # needed): results/part12_verdicts.txt
 # Interrupt it any time and run it again: each run resumes from its last checkpoint, finished runs are
@@ -216,6 +217,9 @@ fi
 if [ "${1:-}" = part3 ]; then
     # the tree experiments first (the cheapest), sparse linear, the Mamba inits, the ablation's parts
     part3=(tree_init tree_level sparse_init mamba_init ablation_parts parity_d6)
+    if [ -n "${3:-}" ]; then  # part3 eval EXPERIMENT: that one's table only
+        part3=("$3")
+    fi
     if [ "${2:-}" != eval ]; then
         train tree_init tree_level sparse_init mamba_init ablation_parts parity_d6
     fi
