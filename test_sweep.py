@@ -403,7 +403,7 @@ def test_slurm_script_trains_its_run_and_requeues_it_when_stopped(tmp_path):
 # the study and the paper as sweep specs
 
 STUDY = ["ablation", "followups", "linear", "linear_part2", "mlp", "mqar", "parity", "sparse", "tree"]
-PART3 = ["ablation_parts", "mamba_init", "parity_d6", "sparse_init", "tree_init", "tree_level"]  # (they reuse some of the runs above)
+PART3 = ["ablation_parts", "mamba_init", "parity_d6", "sparse_init", "tree26", "tree_init", "tree_level"]  # (they reuse some of the runs above)
 
 
 def test_the_study_specs_resolve_every_run_to_its_config_of_before(monkeypatch):

@@ -216,12 +216,12 @@ if [ "${1:-}" = verdicts ]; then
 fi
 if [ "${1:-}" = part3 ]; then
     # the tree experiments first (the cheapest), sparse linear, the Mamba inits, the ablation's parts
-    part3=(tree_init tree_level sparse_init mamba_init ablation_parts parity_d6)
+    part3=(tree_init tree_level sparse_init mamba_init tree26 ablation_parts parity_d6)
     if [ -n "${3:-}" ]; then  # part3 eval EXPERIMENT: that one's table only
         part3=("$3")
     fi
     if [ "${2:-}" != eval ]; then
-        train tree_init tree_level sparse_init mamba_init ablation_parts parity_d6
+        train tree_init tree_level sparse_init mamba_init tree26 ablation_parts parity_d6
     fi
     for experiment in "${part3[@]}"; do  # each spec's table: per-arm scores, comparisons, verdicts
         # the evaluation's printed output, its table, figure and comparisons, and the runs' training times
