@@ -232,6 +232,11 @@ if [ "${1:-}" = part3 ]; then
         done
         runs=$(python sweep.py "configs/study/$experiment.py" --dry-run | sed -n 's/^\(out\/[^ ]*\) (.*/\1/p')
         times $(finished $runs) > "results/part3_${experiment}_times.txt"
+        # every run's resolved train.py config, next to its result
+        python -c 'import json, sys, sweep
+runs = sweep.plan(sweep.load_spec([sys.argv[1]]))
+print(json.dumps({r["dir"]: r["cfg"] for r in runs}, indent=1, sort_keys=True))' \
+            "configs/study/$experiment.py" > "results/part3_${experiment}_configs.json"
     done
     exit
 fi
