@@ -934,9 +934,16 @@ def score_runs(spec, runs):
     by_dir = {os.path.normpath(r['dir']): r for r in finished}
     for i, options in enumerate(spec['evaluate']):
         options = dict(options)
+        scored = finished
         if options.get('baseline_run'):
             options['baseline_run'] = usable_baselines(options['baseline_run'].replace('{out}', spec['out']))
-        rows = evaluation.main([r['dir'] for r in finished] + eval_args(spec, options))
+            # a trained baseline that is a run of this sweep is not scored against itself (1 by definition)
+            itself = {os.path.normpath(item.partition('=')[2] or item)
+                      for item in options['baseline_run'].split(',') if item}
+            scored = [r for r in finished if os.path.normpath(r['dir']) not in itself]
+        if not scored:
+            continue
+        rows = evaluation.main([r['dir'] for r in scored] + eval_args(spec, options))
         for row in rows if i == 0 else []:
             r = by_dir.get(os.path.normpath(row['run']))
             if r is not None and row['variant'] == 'standard':

@@ -118,6 +118,19 @@ def test_mamba_keys_are_free_for_a_model_without_mamba():
     assert sweep.mismatch(hybrid, dict(hybrid, d_state=8)) == ["d_state"]
 
 
+def test_a_trained_baseline_that_is_a_run_of_the_sweep_is_not_scored_against_itself(monkeypatch, tmp_path):
+    # the paper's secondary baseline (a trained GPT-2) is one of the sweep's runs: the evaluate call against
+    # it scores the other runs only, the first call every run
+    import evaluate
+    calls = []
+    monkeypatch.setattr(evaluate, "main", lambda argv: calls.append([a for a in argv if a[:2] != "--"]) or [])
+    monkeypatch.setattr(sweep, "usable_baselines", lambda value: value)
+    runs = [dict(dir=f"{tmp_path}/{name}", outcome="done") for name in ("a", "base")]
+    spec = dict(out=str(tmp_path), evaluate=[dict(), dict(baseline_run=f"{tmp_path}/base/", plot=False)])
+    sweep.score_runs(spec, runs)
+    assert calls == [[f"{tmp_path}/a", f"{tmp_path}/base"], [f"{tmp_path}/a"]]
+
+
 def test_failure_rates_verdicts_and_trends_follow_their_stated_rules():
     # exact (Clopper-Pearson) intervals: 0 of n -> [0, 1 - 0.025^(1/n)], 1 of 3 and 2 of 5 from the beta quantiles
     assert sweep.rate_ci(0, 3) == (0.0, pytest.approx(1 - 0.025 ** (1 / 3)))
