@@ -417,12 +417,9 @@ def summarize(err, **extra):
 # -----------------------------------------------------------------------------
 # one run
 
-def baseline_fn(name, plan, cfg):
-    if not name.startswith('model:'):
-        # the run's own k or tree depth, where a baseline takes one
-        return for_task(BASELINES[name], plan['tkw'])
-    model, _ = build_model(plan['baseline_ckpt'], plan['task'], plan['n_dims'], plan['n_pts'], cfg['device'])
-    return partial(model_predict, model)
+def baseline_fn(name, plan):
+    # the run's own k or tree depth, where a baseline takes one
+    return for_task(BASELINES[name], plan['tkw'])
 
 
 def baseline_identity(name, plan):
@@ -471,6 +468,12 @@ def evaluate_run(plan, cfg, results):
 
 def compute_curve(what, is_checkpoint, variant, key, plan, cfg, results, bar):
     """one error curve into the cache: a checkpoint's (`what` its path) or a baseline's (`what` its name)"""
+    if what.startswith('model:'):
+        # a trained baseline is its checkpoint (one cache key): stored as that run's own curve, with its step
+        model, step = build_model(plan['baseline_ckpt'], plan['task'], plan['n_dims'], plan['n_pts'],
+                                  cfg['device'])
+        results.put(key, summarize(errors(partial(model_predict, model), plan, variant, cfg, bar), step=step))
+        return
     if is_checkpoint:
         try:
             model, step = build_model(what, plan['task'], plan['n_dims'], plan['n_pts'], cfg['device'])
@@ -483,7 +486,7 @@ def compute_curve(what, is_checkpoint, variant, key, plan, cfg, results, bar):
         results.put(key, summarize(err, step=step))
         return
     try:
-        err = errors(baseline_fn(what, plan, cfg), plan, variant, cfg, bar)
+        err = errors(baseline_fn(what, plan), plan, variant, cfg, bar)
     except ImportError as e:
         package = PIP_NAMES.get(e.name, e.name)
         raise UserError(f"baseline {what} needs the optional package {package} (pip install {package})")

@@ -1251,6 +1251,17 @@ def test_evaluate_refuses_bad_input_before_any_work(tmp_path, monkeypatch):
     assert one_error_line(r), r.stderr
 
 
+def test_evaluate_scores_a_trained_baseline_run_next_to_the_runs_it_scores(tmp_path):
+    # the baseline run is also one of the runs (after one it scores): its checkpoint's curve, cached first as
+    # the baseline, is also its own (with its step), and it scores 1 against itself
+    tree = dict(task="decision_tree", steps=(0, 5))  # (the task a trained model is the paper's baseline of)
+    run, base = fake_run(tmp_path / "r", **tree), fake_run(tmp_path / "base", init_seed=9, **tree)
+    rows = evaluate.main([run, base, f"--baseline_run={base}", "--n_prompts=64", "--plot=False"])
+    assert [r["checkpoints"][-1]["step"] for r in rows] == [5, 5]
+    scores = {os.path.basename(r["run"]): r["score"]["score"] for r in rows}
+    assert scores["base"] == pytest.approx(1.0) and scores["r"] != pytest.approx(1.0), scores
+
+
 def test_evaluate_scores_finitely_or_says_undefined(tmp_path, monkeypatch):
     # a score whose baseline does no better than predicting 0 is undefined: null in the JSON, never Infinity
     run = fake_run(tmp_path / "r")
