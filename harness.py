@@ -60,6 +60,10 @@ LOCK_FILE = 'train.lock'
 # -----------------------------------------------------------------------------
 # checkpoints: written atomically, loaded safely
 
+# keys added after checkpoints were first written, with the value a checkpoint that lacks one was trained with
+# (mamba_init came with a change of default: runs saved before it had the N(0, 0.02) rule, now 'gpt2')
+FORMER_DEFAULTS = dict(mamba_init='gpt2')
+
 
 def load_checkpoint(path):
     """a checkpoint dict, or a UserError saying what is wrong with the file. Never unpickles code."""
@@ -89,6 +93,8 @@ def load_checkpoint(path):
     if missing or not isinstance(ckpt['config'], dict) or type(ckpt['step']) is not int:
         raise UserError(f"{path} is not a checkpoint of this project (missing or malformed: "
                         f"{', '.join(missing) or 'config, step'})")
+    # a checkpoint saved before a key existed was trained with the behaviour the key's first default names
+    ckpt['config'] = {**FORMER_DEFAULTS, **ckpt['config']}
     return ckpt
 
 

@@ -315,7 +315,7 @@ class ModelConfig:
     expand: int = 4             # the paper uses 4 "to give similar parameter counts" (Mamba's default is 2)
     dt_rank: int = 0            # 0 -> ceil(C / 16)
     scan_backend: str = "auto"  # ssm_scan backend: auto | torch | cpu | triton
-    mamba_init: str = "gpt2"    # Mamba mixers' init: gpt2 (N(0, 0.02) linears) | mamba (mamba_ssm's and HF's)
+    mamba_init: str = "mamba"   # Mamba mixers' init: mamba (mamba_ssm's and HF's) | gpt2 (N(0, 0.02) linears)
     # reproduce the reference package instead of the clean defaults (docs/paper.md §3.4): True (what the
     # reference does for this architecture) or a comma list of QUIRK_PARTS
     reference_quirks: Union[bool, str] = False

@@ -324,6 +324,25 @@ def test_resume_when_ckpt_pt_is_missing_takes_the_newest_step_checkpoint(tmp_pat
     assert same_tensors(a["model"], b["model"]) and metrics(tmp_path / "full") == metrics(run)
 
 
+def test_a_checkpoint_saved_before_mamba_init_existed_resumes_as_the_run_it_was(tmp_path, one_thread):
+    # the key came with a change of default (then N(0, 0.02), now 'mamba'): a checkpoint without it was
+    # trained with the old rule, so it loads as mamba_init='gpt2', resumes without a config change, and a
+    # sweep that names 'gpt2' finds the same run, where the new default would be another config
+    import sweep
+    run = tmp_path / "old"
+    run_train(run, "configs/mamba.py", "--mamba_init=gpt2", "--max_iters=10")
+    for name in ("ckpt.pt", "ckpt_0000010.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        ckpt["config"].pop("mamba_init", None)  # (the two may be one file)
+        torch.save(ckpt, run / name)
+    saved = state(run)["config"]
+    assert saved["mamba_init"] == "gpt2" and train.DEFAULTS["mamba_init"] == "mamba"
+    assert sweep.mismatch(dict(saved), saved) == []
+    assert sweep.mismatch(dict(saved, mamba_init="mamba"), saved) == ["mamba_init"]
+    assert run_train(run, "configs/mamba.py", "--resume=True", "--max_iters=20") == 20
+    assert state(run)["config"]["mamba_init"] == "gpt2"
+
+
 def test_resume_refuses_another_number_of_processes(tmp_path, monkeypatch, one_thread):
     run_train(tmp_path / "r", "--max_iters=5")
     for k, v in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0").items():
@@ -936,18 +955,22 @@ def test_readme_quickstart_runs(tmp_path):
 def test_study_specs_name_every_run_once_and_the_study_script_trains_each_spec_once():
     # RESULTS.md promises every run of the study is reproducible from configs/study/<experiment>.py, and
     # results/study.sh trains every spec once. Part 3's specs reuse runs of parts 1-2 (and of each other):
-    # a directory named by two specs must be the same run, config for config
+    # a directory named by two specs must be the same run, config for config (the Mamba keys aside where the
+    # model has no Mamba: parts 1-2 name the Mamba init their runs had, part 3 leaves the default)
+    import configurator
     import sweep
-    from model import ICLModel
+    from model import ICLModel, ModelConfig
     specs = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs", "study")) if f.endswith(".py"))
     by_dir = {}
     for s in specs:
         for r in sweep.plan(sweep.load_spec([f"configs/study/{s}.py"])):
             assert r["cfg"]["out_dir"] == r["dir"] and r["dir"].startswith("out/study/")
+            mamba = ModelConfig.from_dict(r["cfg"]).uses_mamba()
+            cfg = {k: v for k, v in r["cfg"].items() if mamba or k not in configurator.MAMBA_KEYS}
             if r["dir"] in by_dir:
-                assert by_dir[r["dir"]] == r["cfg"], f"{r['dir']} is two different runs"
+                assert by_dir[r["dir"]] == cfg, f"{r['dir']} is two different runs"
                 continue
-            by_dir[r["dir"]] = r["cfg"]
+            by_dir[r["dir"]] = cfg
             ICLModel(train.validate(r["cfg"]))  # valid, and the small sizes build
     assert len(by_dir) > 75  # parts 1-2 (75 runs) and part 3's new ones
     script = open(os.path.join(ROOT, "results", "study.sh")).read()

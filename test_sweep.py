@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import harness
 import sweep
 import train
 from conftest import ENV, ROOT, TINY, one_error_line, python, same_tensors, state
@@ -110,10 +111,10 @@ def test_paired_and_welch_differences_match_hand_computed_values():
 
 def test_mamba_keys_are_free_for_a_model_without_mamba():
     # a GPT-2 run saved with another mamba_init (or d_state) is the same model: no mismatch; a Mamba run is not
-    gpt2 = dict(train.DEFAULTS, mamba_init="mamba", d_state=8)
+    gpt2 = dict(train.DEFAULTS, mamba_init="gpt2", d_state=8)
     assert sweep.mismatch(dict(train.DEFAULTS), gpt2) == []
     mamba = dict(train.DEFAULTS, layer_pattern="M", ffn="none", pos="none")
-    assert sweep.mismatch(mamba, dict(mamba, mamba_init="mamba")) == ["mamba_init"]
+    assert sweep.mismatch(mamba, dict(mamba, mamba_init="gpt2")) == ["mamba_init"]
     hybrid = dict(train.DEFAULTS, ffn="mamba")
     assert sweep.mismatch(hybrid, dict(hybrid, d_state=8)) == ["d_state"]
 
@@ -440,8 +441,8 @@ def test_the_study_specs_resolve_every_run_to_its_config_of_before(monkeypatch):
         want = fixture[name]
         for key in want:
             assert (type(cfg[key]), cfg[key]) == (type(want[key]), want[key]), f"{name}: {key}"
-        for key in set(cfg) - set(want):  # a key train.py gained since: its default, set by no spec
-            assert cfg[key] == train.DEFAULTS[key], f"{name}: {key}"
+        for key in set(cfg) - set(want) - train.resume_free(cfg):  # a key train.py gained since: what those
+            assert cfg[key] == harness.FORMER_DEFAULTS.get(key, train.DEFAULTS[key]), f"{name}: {key}"  # runs had
     # results/study.sh trains each spec once, through sweep.py
     script = open(os.path.join(ROOT, "results", "study.sh")).read()
     trained = re.findall(r"^\s+train ([\w ]+?)\s*(?:#.*)?$", script, re.M)

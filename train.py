@@ -84,7 +84,7 @@ d_conv = 4                   # Mamba's causal conv width
 expand = 4                   # Mamba width = expand * n_embd; 4 as the paper (sizes like the transformers')
 dt_rank = 0                  # Mamba dt projection rank; 0 -> ceil(n_embd / 16)
 scan_backend = 'auto'        # ssm_scan.selective_scan backend: auto | torch | cpu | triton
-mamba_init = 'gpt2'          # Mamba mixers' init: gpt2 (N(0, 0.02) linears) | mamba (mamba_ssm's and HF's)
+mamba_init = 'mamba'         # Mamba mixers' init: mamba (mamba_ssm's and HF's) | gpt2 (N(0, 0.02) linears)
 reference_quirks = False     # the reference package's init and doubling (docs/paper.md §3.4), or some parts
 # optimizer: Adam as in the paper (no decay, no schedule, no clipping unless asked)
 batch_size = 64              # prompts per optimizer step, summed over all processes

@@ -5,6 +5,7 @@
 _parity = dict(                                   # parity.py's settings at d = 6 and 30 points
     n_layer=2, n_embd=32, n_head=4, task='sparse_parity', n_dims=6, n_points=30, parity_k=2,
     curriculum=False, learning_rate=1e-3, batch_size=64, eval_interval=100, log_interval=100,
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
 )
 _mqar = dict(                                     # mqar.py's settings
     n_layer=2, n_embd=128, n_head=8, task='mqar', n_dims=20, n_points=17, curriculum=False,

@@ -11,6 +11,7 @@ arms = dict(
     llama_mamba_ffn=dict(configs='configs/llama_mamba_ffn.py'),
 )
 overrides = dict(
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
     n_layer=4, n_embd=64, n_head=4,               # E = 64, 4 blocks, 4 heads (paper: 256, 12, 8)
     task='linear_regression', n_dims=5, n_points=11, curriculum=False,  # d = 5, 2d + 1 points (paper: 20, 41)
     learning_rate=1e-3, batch_size=64, max_iters=5000,   # Adam, constant lr (paper 1e-4 at full size)

@@ -8,6 +8,7 @@ arms = dict(
     llama_mamba=dict(configs='configs/llama_mamba.py', scan_backend='torch'),
 )
 overrides = dict(
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
     n_layer=2, n_embd=128, n_head=8,              # the paper's MQAR size: E = 128, 2 blocks, 8 heads
     # keys and values on the sphere of radius sqrt(20), one query, the loss on the query only; 16 key-value
     # pairs instead of 64: 17 points = 16 pairs + the query (34 tokens, paper 130)

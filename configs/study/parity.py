@@ -7,6 +7,7 @@ arms = dict(
     llama_mamba=dict(configs='configs/llama_mamba.py', scan_backend='torch'),
 )
 overrides = dict(
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
     n_layer=2, n_embd=32, n_head=4,               # E = 32, 2 blocks, 4 heads (paper: 256, 12, 8)
     # x uniform on {-1,+1}^10, y = the product of a hidden 2-subset, MSE on every position, no curriculum;
     # 40 points instead of 140

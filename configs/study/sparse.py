@@ -18,6 +18,7 @@ arms = dict(
 )
 seeds = [1337]
 overrides = dict(
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
     n_layer=4, n_embd=64, n_head=4,               # E = 64, 4 blocks, 4 heads (paper: 256, 12, 8)
     # d = 8, k = 2, 17 points (2d + 1; paper: 20, 3, 41), Garg's curriculum shrunk alike: d 5 -> 8 and
     # points 11 -> 17 every 1,000 steps (full size at 3,000)

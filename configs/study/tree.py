@@ -13,6 +13,7 @@ arms = dict(
 )
 seeds = [1337]
 overrides = dict(
+    mamba_init='gpt2',                            # the Mamba init these runs trained with (then the default)
     n_layer=4, n_embd=64, n_head=4,               # E = 64, 4 blocks, 4 heads (paper: 256, 12, 8)
     task='decision_tree', n_dims=5, n_points=16, tree_depth=4, curriculum=False,  # paper: d = 20, 101 points
     learning_rate=1e-3, batch_size=64, max_iters=3000,   # Adam, constant lr (paper 1e-4 at full size)
