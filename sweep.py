@@ -134,7 +134,9 @@ def welch_diff(a, b):
     else:
         df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
     half = t95(df) * math.sqrt(se2)
-    return dict(mean=ma - mb, lo=ma - mb - half, hi=ma - mb + half, n=min(na, nb), df=df, test='Welch')
+    seeds = f"{na} and {nb}" if na != nb else f"{na}"
+    return dict(mean=ma - mb, lo=ma - mb - half, hi=ma - mb + half, n=min(na, nb), df=df, test='Welch',
+                seeds=seeds)
 
 
 def difference(a, b):
@@ -1014,7 +1016,7 @@ def diff_text(d):
         return '–', '–'
     if d['lo'] is None:
         return fmt(d['mean']), d['test']
-    return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {d['n']} seeds"
+    return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {d.get('seeds', d['n'])} seeds"
 
 
 def table_text(spec, runs, summary):

@@ -99,6 +99,7 @@ def test_paired_and_welch_differences_match_hand_computed_values():
     d = sweep.difference({1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}, {5: 2.0, 6: 4.0, 7: 6.0})
     assert d["test"] == "Welch" and d["df"] == pytest.approx(3.2347, abs=1e-4)
     assert d["mean"] == pytest.approx(-1.5) and d["hi"] - d["mean"] == pytest.approx(4.209391, abs=1e-5)
+    assert sweep.diff_text(d)[1] == "Welch, 4 and 3 seeds"  # the table names both arms' seeds
     # the same seeds paired, other seeds Welch; one seed on a side: the difference without a CI
     assert sweep.difference({1: 1.0, 2: 2.0}, {1: 0.5, 3: 1.0})["test"] == "Welch"
     one = sweep.difference({1: 0.9}, {1: 0.5, 2: 0.7})
