@@ -1016,7 +1016,8 @@ def diff_text(d):
         return '–', '–'
     if d['lo'] is None:
         return fmt(d['mean']), d['test']
-    return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {d.get('seeds', d['n'])} seeds"
+    seeds = d.get('seeds', d['n'])  # (Welch names both arms' counts)
+    return f"{fmt(d['mean'])} [{fmt(d['lo'])}, {fmt(d['hi'])}]", f"{d['test']}, {seeds} seeds"
 
 
 def table_text(spec, runs, summary):
