@@ -237,6 +237,16 @@ if [ "${1:-}" = part3 ]; then
 runs = sweep.plan(sweep.load_spec([sys.argv[1]]))
 print(json.dumps({r["dir"]: r["cfg"] for r in runs}, indent=1, sort_keys=True))' \
             "configs/study/$experiment.py" > "results/part3_${experiment}_configs.json"
+        if [ "$experiment" = sparse_init ]; then
+            # Figs. 4a/4b on every arm that ran: the error by context length next to the exact Bayes posterior
+            # mean, the tuned Lasso and least squares (4a), and on plain linear regression (4b)
+            vs_bayes=eval_sparse_linear_regression_vs_sparse_linear_bayes.json
+            python results/seeds.py "$S/sparse_gpt2*/$vs_bayes" --positions=0-10 \
+                --out=results/part3_sparse_fig4a \
+                --title='Sparse linear (d = 8, k = 2): score vs the Bayes posterior mean by step'
+            python results/seeds.py "$S/sparse_gpt2*/eval_linear_regression.json" --positions=0-10 \
+                --out=results/part3_sparse_fig4b --title='Trained on sparse linear, scored on plain linear'
+        fi
     done
     exit
 fi
