@@ -3,7 +3,7 @@
 # this project's rule until part 3) or 'mamba' (mamba_ssm's and HF's: PyTorch-default linears, the dt init,
 # out_proj / sqrt(n_layer); what the paper trained pure Mamba with). The hybrid 2.3 (llama_mamba) with each
 # init. Scored against the exact Bayes posterior mean (baselines.tree_bayes). Seeds: GPT-2 and GPT-2 RMS 5;
-# both Mamba arms were planned at 5 and ran 3 (the CPU budget of part 3: the 4 runs more take 941-1,516 s each
+# both Mamba arms were planned at 5 and ran 3 (the CPU budget of part 3: the 4 runs more take 936-1,511 s each
 # on one thread, as these did; add 1340, 1341 to their seeds and the same command trains them), the hybrid 3.
 # Setting as experiment 7 (configs/study/tree.py); the gpt2 and gpt2_rms runs of seeds 1337-1339 are
 # tree_init.py's. Trained by `bash results/study.sh part3`; alone: python sweep.py configs/study/tree_level.py
