@@ -470,15 +470,13 @@ def compute_curve(what, is_checkpoint, variant, key, plan, cfg, results, bar):
     """one error curve into the cache: a checkpoint's (`what` its path) or a baseline's (`what` its name)"""
     if what.startswith('model:'):
         # a trained baseline is its checkpoint (one cache key): stored as that run's own curve, with its step
-        model, step = build_model(plan['baseline_ckpt'], plan['task'], plan['n_dims'], plan['n_pts'],
-                                  cfg['device'])
-        results.put(key, summarize(errors(partial(model_predict, model), plan, variant, cfg, bar), step=step))
-        return
+        what, is_checkpoint = plan['baseline_ckpt'], True
     if is_checkpoint:
         try:
             model, step = build_model(what, plan['task'], plan['n_dims'], plan['n_pts'], cfg['device'])
         except UserError:
-            if os.path.exists(what) or what == plan['paths'][-1]:
+            # only one of the run's earlier checkpoints may vanish (rotated away by a running train.py)
+            if os.path.exists(what) or what not in plan['paths'][:-1]:
                 raise
             print(f"note: {what} disappeared while being read; skipped")
             return

@@ -914,12 +914,17 @@ def eval_args(spec, options):
             for k, v in options.items()]
 
 
+def baseline_path(item):
+    """the run directory of one evaluate.py baseline_run item (RUN, or TASK=RUN)"""
+    return item.partition('=')[2] if '=' in item else item
+
+
 def usable_baselines(value):
     """evaluate.py's baseline_run without the runs that are not finished (their task falls back to its
     classical baseline, as evaluate.py says)"""
     kept = []
     for item in value.split(','):
-        path = item.partition('=')[2] if '=' in item else item
+        path = baseline_path(item)
         with contextlib.suppress(UserError):
             if train.run_status(path)['state'] == 'finished':
                 kept.append(item)
@@ -940,8 +945,8 @@ def score_runs(spec, runs):
         if options.get('baseline_run'):
             options['baseline_run'] = usable_baselines(options['baseline_run'].replace('{out}', spec['out']))
             # a trained baseline that is a run of this sweep is not scored against itself (1 by definition)
-            itself = {os.path.normpath(item.partition('=')[2] or item)
-                      for item in options['baseline_run'].split(',') if item}
+            items = [item for item in options['baseline_run'].split(',') if item]
+            itself = {os.path.normpath(baseline_path(item)) for item in items}
             scored = [r for r in finished if os.path.normpath(r['dir']) not in itself]
         if not scored:
             continue
