@@ -32,4 +32,7 @@ evaluate = [dict(score_vs='sparse_linear_bayes', baselines='sparse_linear_bayes,
             dict(task='linear_regression', all_ckpts=True, plot=False)]  # Fig. 4b: on plain linear
 compare = [('gpt2_quirks', 'gpt2'), ('gpt2_rms_quirks', 'gpt2_rms'), ('gpt2_rms_position', 'gpt2_rms'),
            ('gpt2_rms_residual', 'gpt2_rms'), ('gpt2_rms', 'gpt2'),
-           ('gpt2_rms_swiglu_quirks', 'gpt2_rms_swiglu')]
+           ('gpt2_rms_swiglu_quirks', 'gpt2_rms_swiglu'),
+           # added after the 2-seed pilot had been read (post hoc, as in tree_init.py): is the position
+           # table alone as large as the whole reference init on this task too?
+           ('gpt2_rms_position', 'gpt2_rms_quirks')]
