@@ -508,6 +508,15 @@ def plan(spec):
         label = os.path.relpath(directory, spec['out'])
         runs.append(dict(arm=name, seed=cfg['seed'], dir=directory, argv=argv, command=command, cfg=cfg,
                          label=directory if label.startswith('..') else label))
+    distinct([r for r in runs if chosen(spec, r['arm'])])
+    for r in runs:
+        r['label'] = r['label'].replace(os.sep, '/')
+    return runs
+
+
+def distinct(runs):
+    """refuse two runs in one directory, or two runs of one config (checked among the runs --arms keeps: an
+    arm left out, whose seeds --seeds replaced, may equal a kept one without harm)"""
     by_dir, by_cfg = {}, {}
     for r in runs:
         key = os.path.normpath(r['dir'])
@@ -521,9 +530,12 @@ def plan(spec):
             raise UserError(f"runs {by_cfg[same]['dir']} and {r['dir']} resolve to the same config: "
                             "the arms do not differ")
         by_cfg[same] = r
-    for r in runs:
-        r['label'] = r['label'].replace(os.sep, '/')
-    return runs
+
+
+def chosen(spec, name):
+    """whether --arms keeps the arm `name` (every arm when it is empty)"""
+    patterns = spec['opts']['arms'].split(',') if spec['opts']['arms'] else ['*']
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def select(spec, runs):
@@ -536,7 +548,7 @@ def select(spec, runs):
         if not any(fnmatch.fnmatchcase(name, p) for name in spec['arms']):
             names = short(', '.join(spec['arms']), 200)
             raise UserError(f"--arms: {short(p)} matches no arm (the arms: {names})")
-    spec['arms'] = {k: a for k, a in spec['arms'].items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+    spec['arms'] = {k: a for k, a in spec['arms'].items() if chosen(spec, k)}
     if spec['reference'] not in spec['arms']:
         if 'ref' in spec['opts']['given']:
             raise UserError(f"--ref={spec['reference']} is not among the arms --arms keeps")

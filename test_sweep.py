@@ -272,6 +272,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
     arms = "arms = dict(ln=dict(norm='layernorm'), rms=dict(norm='rmsnorm'))\n"
     (tmp_path / "compare.py").write_text(arms + "compare = [('rms', 'nope')]\n")
     (tmp_path / "margin.py").write_text(arms + "margin = 0\n")
+    (tmp_path / "twins.py").write_text("arms = dict(a=dict(norm='rmsnorm'), b=dict(norm='rmsnorm'))\n")
     cases = [
         ([*base, "--vary=nrom=layernorm,rmsnorm"], "unknown config key 'nrom' in --vary (did you mean 'norm'?)"),
         ([*base, "--vary=n_layer=two,4"], "n_layer must be of type int"),
@@ -290,6 +291,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
         ([*base, "--ref=nope"], "reference arm 'nope' is not an arm"),
         ([str(tmp_path / "compare.py"), *base], "compare ('rms', 'nope') must name two different arms"),
         ([str(tmp_path / "margin.py"), *base], "margin must be positive"),
+        ([str(tmp_path / "twins.py"), *base], "resolve to the same config: the arms do not differ"),
         ([*base, "--vary=norm=layernorm,rmsnorm", "--arms=layernorm,rms"], "--arms: 'rms' matches no arm"),
         ([*RUN, "--vary=norm=layernorm,rmsnorm"], "no --out"),
         ([*base, "--vary=norm=layernorm,rmsnorm", "--dry-run", "--slurm"], "give one of them"),
@@ -322,6 +324,25 @@ def test_an_out_holding_other_runs_or_other_configs_is_refused_before_anything_s
     # while adding a seed and an arm to the same sweep is the same sweep: dry-run lists them as new
     r = run_sweep(*RUN, "--vary=norm=layernorm,rmsnorm", "--seeds=1,2,3", f"--out={out}", "--dry-run")
     assert r.returncode == 0 and r.stdout.count("(new)") == 2 and r.stdout.count("(finished at step 150)") == 4
+
+
+def test_arms_left_out_by_arms_may_equal_a_kept_one_after_seeds_replaces_their_seeds(tmp_path, monkeypatch):
+    # a trained-baseline arm holds one seed of the reference arm's config (tree_level's gpt2_baseline,
+    # seed 1336): --seeds gives every arm the same seeds, which makes the two arms' runs one config, yet with
+    # --arms keeping only other arms nothing is run twice, so the sweep must not refuse
+    monkeypatch.chdir(ROOT)
+    spec = tmp_path / "spec.py"
+    spec.write_text("arms = dict(ln=dict(norm='layernorm'), rms=dict(norm='rmsnorm'),\n"
+                    "            ln_baseline=dict(norm='layernorm', seeds=[9]))\n"
+                    "seeds = [1, 2]\n")
+    out = str(tmp_path / "sweep")
+    args = [str(spec), *RUN, f"--out={out}", "--dry-run"]
+    bad([*args, "--seeds=3"], "the arms do not differ", str(tmp_path))
+    bad([*args, "--seeds=3", "--arms=ln*"], "the arms do not differ", str(tmp_path))
+    kept = sweep.load_spec([*args, "--seeds=3,4", "--arms=rms,ln"])
+    runs = sweep.select(kept, sweep.plan(kept))
+    assert [(r["arm"], r["seed"]) for r in runs] == [("ln", 3), ("rms", 3), ("ln", 4), ("rms", 4)]
+    assert sweep.main([*args, "--seeds=3,4", "--arms=rms,ln"]) == 0 and not os.path.exists(out)
 
 
 def test_help_prints_every_option_with_its_default():
