@@ -73,7 +73,7 @@ margin = 0.05                # a difference whose 95% CI lies within +-margin is
 dry_run = False              # list the runs, where each stands and its command; write and start nothing
 slurm = False                # write <out>/sweep.sbatch, a SLURM array of one task per run; start nothing
 cost = False                 # the projected GPU-hours of each run's max_iters, from the steps/s it logged
-eval_only = False            # train nothing: evaluate the finished runs and write the table (the rest marked)
+eval_only = False            # train nothing: evaluate the finished runs, even mid-sweep, and write the table
 # -----------------------------------------------------------------------------
 OPTIONS = {k: v for k, v in globals().items() if not k.startswith('_') and type(v) in (int, float, bool, str)}
 FLAGS = dict(dry_run=True, slurm=True, cost=True, eval_only=True)  # options that may be given bare (--slurm)
@@ -1201,11 +1201,17 @@ def main(argv):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        raise UserError(f"{spec['out']} is in use by another sweep.py (pid "
-                        f"{os.read(fd, 64).decode(errors='replace').strip() or '?'})")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    write_manifest(spec, runs)
+        holder = os.read(fd, 64).decode(errors='replace').strip() or '?'
+        if modes != ['eval_only']:
+            raise UserError(f"{spec['out']} is in use by another sweep.py (pid {holder})")
+        # scoring beside a training sweep is safe: a finished run's files no longer change, the cache and
+        # the tables are written atomically, and sweep.json stays the trainer's to write
+        print(f"note: {spec['out']} is in use by another sweep.py (pid {holder}); evaluating the runs "
+              "finished so far beside it")
+    else:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        write_manifest(spec, runs)
     if modes == ['slurm']:
         write_sbatch(spec, runs)
         return 0

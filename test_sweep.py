@@ -199,6 +199,27 @@ def test_a_rerun_of_a_finished_sweep_trains_nothing(reference):
 
 
 @slow
+def test_eval_only_scores_the_finished_runs_beside_a_sweep_that_holds_the_lock(reference, capsys, monkeypatch):
+    import fcntl
+    monkeypatch.chdir(ROOT)
+    out, _ = reference
+    manifest = os.path.join(out, "sweep.json")
+    before = open(manifest).read()
+    os.remove(os.path.join(out, "table.md"))
+    fd = os.open(os.path.join(out, "sweep.lock"), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a training sweep of this --out holds it
+    try:
+        bad([*RUN, *GRID, f"--out={out}"], "is in use by another sweep.py", out)  # training: refused
+        assert sweep.main([*RUN, *GRID, f"--out={out}", "--eval-only"]) == 0
+    finally:
+        os.close(fd)
+    printed = capsys.readouterr().out
+    assert "evaluating the runs finished so far beside it" in printed and "| rmsnorm | 2 |" in printed
+    assert "| layernorm | 2 |" in open(os.path.join(out, "table.md")).read()
+    assert open(manifest).read() == before  # sweep.json stays the training sweep's to write
+
+
+@slow
 def test_sigterm_to_the_sweep_stops_every_run_and_the_same_command_continues_it_exactly(reference, tmp_path):
     out = str(tmp_path / "sweep")
     p = start_sweep(*RUN, *GRID, f"--out={out}")
