@@ -247,6 +247,11 @@ print(json.dumps({r["dir"]: r["cfg"] for r in runs}, indent=1, sort_keys=True))'
             python results/seeds.py "$S/sparse_gpt2*/eval_linear_regression.json" --positions=0-10 \
                 --out=results/part3_sparse_fig4b --title='Trained on sparse linear, scored on plain linear'
         fi
+        if [ "$experiment" = parity_d6 ]; then
+            # when each seed left the prior's plateau: every checkpoint's score (_by_step.csv) and the curves
+            python results/seeds.py "$S/parity_d6_*_s[0-9]*/eval_sparse_parity_vs_parity_bayes.json" \
+                --out=results/part3_parity_d6_seeds --title='Sparse parity (d = 6, k = 2): score by step'
+        fi
     done
     exit
 fi
