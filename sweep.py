@@ -1144,17 +1144,22 @@ def draw_seeds(ax, spec, rows):
 
 
 def draw_by_step(ax, rows):
+    # a thin line per seed under each arm's mean: a mean halfway between a failed and a learned seed looks
+    # like a slow learner, the seeds' lines show the split (and when each seed leaves a plateau)
     for i, row in enumerate(rows):
         steps = {}
-        points = [p for r in row['runs'] for p in r.get('curve', [])]
-        for step, value in points:
-            if value is not None and step is not None:
+        for r in row['runs']:
+            points = [(step, value) for step, value in r.get('curve', [])
+                      if value is not None and step is not None]
+            for step, value in points:
                 steps.setdefault(step, []).append(value)
+            if len(row['runs']) > 1 and len(points) > 1:
+                ax.plot(*zip(*points), color=f'C{i % 10}', lw=0.8, alpha=0.35)
         xs = sorted(steps)
         ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], marker='o', color=f'C{i % 10}',
                 label=row['arm'])
     ax.axhline(1.0, color='gray', ls=':', lw=1)
-    ax.set(xlabel='training step', ylabel='mean score over seeds', title='score by step')
+    ax.set(xlabel='training step', ylabel='score: mean over seeds (thin: each seed)', title='score by step')
     ax.legend(fontsize=7)
 
 # -----------------------------------------------------------------------------

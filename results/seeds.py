@@ -1,7 +1,7 @@
 """
 The scores of several training seeds per arm, from evaluate.py's JSON files: per arm the mean over seeds with
 a 95% confidence interval over seeds (Student's t), each seed's score with its interval over prompts, and the
-score-by-step curves (mean over seeds, one line per arm).
+score-by-step curves (mean over seeds per arm, each seed a thin line beneath it).
     python results/seeds.py 'out/study/sparse_*/eval_sparse_linear_regression.json' --out=results/sparse
     python results/seeds.py out/study/sparse_*/eval_sparse_linear_regression.json      # (unquoted: the files)
     python results/seeds.py --help
@@ -120,7 +120,12 @@ def by_step(arms, path, title, ylabel):
             mean, half = over_seeds(values)
             means.append(mean)
             halves.append(half or 0.0)
-        ax.errorbar(steps, means, halves, marker='o', ms=3, capsize=2, label=label_of(arm, runs))
+        line = ax.errorbar(steps, means, halves, marker='o', ms=3, capsize=2, label=label_of(arm, runs))
+        if len(runs) > 1:  # each seed thin beneath its mean: a split between failed and learned seeds shows
+            for r in runs:
+                xs = [c['step'] for c in r['checkpoints']]
+                ys = [c['score']['score'] for c in r['checkpoints']]
+                ax.plot(xs, ys, color=line.lines[0].get_color(), lw=0.8, alpha=0.35)
         print(arm.ljust(32), '  '.join(f'{s}: {m:.3f}' for s, m in zip(steps, means)))
     ax.axhline(1, color='gray', ls=':', lw=1)
     ax.set(xlabel='training step', ylabel=ylabel, title=title)
@@ -195,7 +200,7 @@ def main(argv):
         atomic_write(prefix + '.md', '\n'.join(lines) + '\n')
         atomic_write(prefix + '.csv', '\n'.join(csv) + '\n')
         title = opts.get('title', os.path.basename(prefix))
-        by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean over seeds, 95% CI)')
+        by_step(arms, prefix + '_by_step.png', title, f'ICL score vs {baseline} (mean, 95% CI; thin: seeds)')
         rows = ['arm,run,step,score,ci95_prompts']  # every run's every checkpoint, behind the figure
         for arm, runs in arms.items():
             for r in runs:
