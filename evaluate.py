@@ -39,7 +39,7 @@ task = ''             # '' = the task each run was trained on; a task name = cro
 ood = ''              # '' | 'all' | comma list of tasks_ood.OOD_VARIANTS (linear regression only)
 baselines = ''        # more baselines to draw and score: comma list of baselines.BASELINES, or lasso_sweep
 baseline_run = ''     # trained run(s) as score baseline: RUN, or task=RUN,task=RUN (paper: GPT-2 trees)
-score_vs = ''         # '' = the task's score baseline (tasks.TASKS); or a baselines.BASELINES name
+score_vs = ''         # '' = each task's own (tasks.TASKS); a baselines.BASELINES name; or task=NAME,...
 all_ckpts = False     # evaluate every kept ckpt_<step>.pt too (training trajectories, paper Figs. 4-6)
 plot = True           # write the PNGs
 out = ''              # path prefix of the multi-run outputs: <out>.md/.csv score table, <out>_<task>.png
@@ -100,7 +100,8 @@ def parse_args(argv):
         extra += [f'lasso_{a:g}' for a in LASSO_ALPHAS] if name == 'lasso_sweep' else [name]
     cfg['extra'] = extra
     bad_variants = sorted(set(cfg['variants']) - set(tasks_ood.OOD_VARIANTS))
-    bad_baselines = sorted({*cfg['extra'], cfg['score_vs']} - {*BASELINES, ''})
+    cfg['score_vs_by_task'] = by_task(cfg['score_vs'], 'score_vs', 'NAME')
+    bad_baselines = sorted({*cfg['extra'], *cfg['score_vs_by_task'].values()} - {*BASELINES, ''})
     checks = ((not runs,
                "usage: python evaluate.py out/RUN [out/RUN2 ...] [--key=value ...] (--help lists the keys)"),
               (cfg['n_prompts'] < 2, f"n_prompts must be >= 2, got {short(cfg['n_prompts'])}"),
@@ -119,7 +120,7 @@ def parse_args(argv):
         if bad:
             raise UserError(msg)
     check_device(cfg['device'])
-    cfg['baseline_runs'] = baseline_runs(cfg['baseline_run'])
+    cfg['baseline_runs'] = by_task(cfg['baseline_run'], 'baseline_run', 'RUN')
     if cfg['out'] and (cfg['out'].endswith(os.sep) or os.path.isdir(cfg['out'])):
         # a directory: its table.md, table.csv, table_<task>.png
         cfg['out'] = os.path.join(cfg['out'], 'table')
@@ -166,7 +167,8 @@ def plan_run(run, cfg):
     ok, where = _writable_dir(out_dir)
     if not ok:
         raise UserError(f"cannot write the results of {run} next to it ({where} is not a writable directory)")
-    base = cfg['score_vs'] or record.score_baseline
+    score_vs = cfg['score_vs_by_task'].get(task, cfg['score_vs_by_task'].get(None, ''))
+    base = score_vs or record.score_baseline
     baseline_ckpt = None
     if base == 'model':
         baseline = cfg['baseline_runs'].get(task, cfg['baseline_runs'].get(None))
@@ -185,24 +187,25 @@ def plan_run(run, cfg):
     file_step = latest['step'] if os.path.isfile(run) else None
     return dict(run=run, out_dir=out_dir, paths=paths, rc=rc, task=task, record=record, n_pts=n_pts,
                 positions=positions, file_step=file_step, run_id=latest.get('wandb_id'),
-                n_dims=rc['n_dims'], tkw=tkw, base=base, baseline_ckpt=baseline_ckpt)
+                n_dims=rc['n_dims'], tkw=tkw, base=base, score_vs=score_vs, baseline_ckpt=baseline_ckpt)
 
 
-def baseline_runs(spec):
-    """--baseline_run as {task: run}: 'RUN' is the baseline of every task scored against a trained model (key
-    None), 'decision_tree=RUN1,sparse_parity=RUN2' one run per task"""
+def by_task(spec, key, what):
+    """an option given for every task or per task, as {task: value}: 'X' is every task's (key None),
+    'decision_tree=X1,sparse_parity=X2' one value per task (--baseline_run: a run each, --score_vs: a
+    baseline each)"""
     if not spec:
         return {}
     if '=' not in spec:
         return {None: spec}
-    runs = {}
+    values = {}
     for item in spec.split(','):
-        task, eq, run = item.partition('=')
-        if not eq or task not in tasks.TASKS or not run:
-            raise UserError(f"--baseline_run: {short(item)} is not TASK=RUN with TASK one of "
+        task, eq, value = item.partition('=')
+        if not eq or task not in tasks.TASKS or not value:
+            raise UserError(f"--{key}: {short(item)} is not TASK={what} with TASK one of "
                             f"{', '.join(tasks.TASKS)}")
-        runs[task] = run
-    return runs
+        values[task] = value
+    return values
 
 
 def check_baseline_run(baseline, task, run):
@@ -522,7 +525,7 @@ def run_result(plan, cfg, variant, names, curves, entries):
 def result_tag(plan, variant, cfg):
     """the name of a result: what was evaluated, and every setting that changes its numbers where it is not
     the default, so no call overwrites another's; a checkpoint file given alone gets its step"""
-    parts = [plan['task'], variant, cfg['score_vs'] and 'vs_' + plan['base']]
+    parts = [plan['task'], variant, plan['score_vs'] and 'vs_' + plan['base']]
     if cfg['n_prompts'] != DEFAULTS['n_prompts']:
         parts.append(f"n{cfg['n_prompts']}")
     if cfg['seed'] != DEFAULTS['seed']:

@@ -1133,6 +1133,23 @@ def test_evaluate_writes_curves_scores_plots_and_table(tmp_path):
     assert res["baselines"]["averaging"]["score"]["score"] == 1.0
 
 
+def test_score_vs_per_task_scores_only_the_named_tasks_against_another_baseline(tmp_path):
+    # one call over runs of two tasks (a sweep of several tasks): the named task is scored against the baseline
+    # given, the other keeps its own, and each result is named by what scored it
+    lin = fake_run(tmp_path / "lin")
+    sparse = fake_run(tmp_path / "sparse", n_dims=4, task="sparse_linear_regression")
+    evaluate.main([lin, sparse, "--n_prompts=64", "--plot=False", "--score_vs=sparse_linear_regression=averaging"])
+    res = json.load(open(os.path.join(sparse, "eval_sparse_linear_regression_vs_averaging_n64.json")))
+    assert res["score_baseline"] == "averaging" and res["baselines"]["averaging"]["score"]["score"] == 1.0
+    res = json.load(open(os.path.join(lin, "eval_linear_regression_n64.json")))
+    assert res["score_baseline"] == "least_squares"
+    assert not os.path.exists(os.path.join(lin, "eval_linear_regression_vs_averaging_n64.json"))
+    for bad in ("--score_vs=sparse_linear_regression=nonesuch", "--score_vs=nonesuch_task=averaging",
+                "--score_vs=sparse_linear_regression="):
+        with pytest.raises(evaluate.UserError, match="score_vs|nonesuch"):
+            evaluate.main([lin, "--n_prompts=64", "--plot=False", bad])
+
+
 def test_evaluate_never_merges_or_doubles_runs(tmp_path, capsys):
     # two runs that share architecture and folder name get a row each; after cp -r, ckpt.pt (a copy of the last
     # step checkpoint) is not evaluated twice; a checkpoint file is a run too
