@@ -167,11 +167,11 @@ def plan_run(run, cfg):
     ok, where = _writable_dir(out_dir)
     if not ok:
         raise UserError(f"cannot write the results of {run} next to it ({where} is not a writable directory)")
-    score_vs = cfg['score_vs_by_task'].get(task, cfg['score_vs_by_task'].get(None, ''))
+    score_vs = of_task(cfg['score_vs_by_task'], task) or ''
     base = score_vs or record.score_baseline
     baseline_ckpt = None
     if base == 'model':
-        baseline = cfg['baseline_runs'].get(task, cfg['baseline_runs'].get(None))
+        baseline = of_task(cfg['baseline_runs'], task)
         if baseline:
             baseline_ckpt = check_baseline_run(baseline, task, run)
             base = 'model:' + os.path.basename(os.path.normpath(baseline))
@@ -206,6 +206,11 @@ def by_task(spec, key, what):
                             f"{', '.join(tasks.TASKS)}")
         values[task] = value
     return values
+
+
+def of_task(values, task):
+    """one task's value of a by_task() dict: its own, else every task's (None when neither)"""
+    return values.get(task, values.get(None))
 
 
 def check_baseline_run(baseline, task, run):

@@ -23,8 +23,9 @@ overrides = dict(
 run_dir = 'out/study/{arm}_s{seed}'
 out = 'out/study/sweeps/mamba_init'
 # linear: least squares (the Bayes posterior mean of noiseless linear regression under its Gaussian prior);
-# sparse linear: the exact Bayes posterior mean, as part 3's rule says (its first version of this spec, before
-# any run was scored, left sparse at the task's untuned Lasso); the Lasso as the paper's secondary
+# sparse linear: the exact Bayes posterior mean, as part 3's rule says (this spec's first version left sparse
+# at the task's untuned Lasso; corrected before any sparse run was trained); the Lasso as the paper's
+# secondary
 evaluate = [dict(score_vs='sparse_linear_regression=sparse_linear_bayes', all_ckpts=True),   # the table's
             dict(score_vs='sparse_linear_regression=lasso', plot=False)]
 compare = [('linear_mamba_hf', 'linear_mamba'), ('sparse_mamba_hf', 'sparse_mamba')]
